@@ -1,0 +1,147 @@
+import { z } from 'zod';
+import type { DetectionParams } from '../../shared/contracts.js';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
+
+/**
+ * Parsing and validation of `POST /infer/object_detection`, as Roboflow's
+ * ObjectDetectionInferenceRequest. Pure functions: the HTTP layer hands in the parsed JSON body
+ * (or the query string and the raw image for multipart and raw bodies).
+ */
+export type ImageInput = { kind: 'bytes'; bytes: Buffer } | { kind: 'url'; url: string };
+
+export interface ParsedRequest {
+  images: ImageInput[];
+  /** True when the client sent a list, so the response must be a list too. */
+  isList: boolean;
+  modelId: string | undefined;
+  params: DetectionParams;
+  autoOrient: boolean;
+}
+
+const ImageSchema = z.looseObject({
+  type: z.string({ error: 'image.type is required' }),
+  value: z.unknown(),
+});
+
+const OptionsSchema = z.looseObject({
+  model_id: z.string().min(1).optional(),
+  confidence: z.number().min(0).max(1).default(0.4),
+  iou_threshold: z.number().min(0).max(1).default(0.3),
+  class_agnostic_nms: z.boolean().default(false),
+  class_filter: z.array(z.string()).nullable().optional(),
+  max_detections: z.number().int().min(1).max(100_000).default(300),
+  max_candidates: z.number().int().min(1).max(1_000_000).default(3000),
+  disable_preproc_auto_orient: z.boolean().default(false),
+});
+
+const BodySchema = OptionsSchema.extend({
+  image: z.union([ImageSchema, z.array(ImageSchema)], { error: 'image must be an object or a list of objects' }),
+});
+
+type Options = z.infer<typeof OptionsSchema>;
+
+/** Parses a JSON body. Throws INVALID_REQUEST naming every bad field. */
+export function parseJsonRequest(body: unknown, maxImages: number): ParsedRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the request body must be a JSON object');
+  }
+  const parsed = BodySchema.safeParse(body);
+  if (!parsed.success) throw invalid(parsed.error);
+  const isList = Array.isArray(parsed.data.image);
+  const rawImages = Array.isArray(parsed.data.image) ? parsed.data.image : [parsed.data.image];
+  checkImageCount(rawImages.length, maxImages);
+  const images = rawImages.map((img, i) => parseImage(img, isList ? `image[${i}]` : 'image'));
+  return { images, isList, ...options(parsed.data) };
+}
+
+/**
+ * Parses the options of a multipart or raw-image request from its query string, where every
+ * value is a string: numbers and booleans are converted, class_filter may be repeated or
+ * comma-separated.
+ */
+export function parseQueryRequest(query: Record<string, unknown>, image: Buffer): ParsedRequest {
+  const converted: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(query)) {
+    const v = Array.isArray(value) ? (value as unknown[]) : [value];
+    if (key === 'class_filter') {
+      converted[key] = v.flatMap((s) => String(s).split(',')).map((s) => s.trim()).filter(Boolean);
+    } else {
+      converted[key] = fromQueryString(String(v[v.length - 1]));
+    }
+  }
+  const parsed = OptionsSchema.safeParse(converted);
+  if (!parsed.success) throw invalid(parsed.error);
+  if (image.byteLength === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the image is empty');
+  return { images: [{ kind: 'bytes', bytes: image }], isList: false, ...options(parsed.data) };
+}
+
+function options(o: Options): Omit<ParsedRequest, 'images' | 'isList'> {
+  return {
+    modelId: o.model_id,
+    autoOrient: !o.disable_preproc_auto_orient,
+    params: {
+      confidence: o.confidence,
+      iouThreshold: o.iou_threshold,
+      classAgnosticNms: o.class_agnostic_nms,
+      classFilter: o.class_filter && o.class_filter.length > 0 ? o.class_filter : null,
+      maxDetections: o.max_detections,
+      maxCandidates: o.max_candidates,
+    },
+  };
+}
+
+function checkImageCount(count: number, maxImages: number): void {
+  if (count === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, 'image: the list of images is empty');
+  if (count > maxImages) {
+    throw new PipelineError(ErrorCode.INVALID_REQUEST, `image: ${count} images in one request; at most ${maxImages} are allowed`);
+  }
+}
+
+const BASE64 = /^[A-Za-z0-9+/\-_\s]*={0,2}\s*$/;
+
+function parseImage(img: z.infer<typeof ImageSchema>, field: string): ImageInput {
+  if (typeof img.value !== 'string' || img.value.length === 0) {
+    throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value must be a non-empty string`);
+  }
+  switch (img.type) {
+    case 'base64': {
+      const comma = img.value.startsWith('data:') ? img.value.indexOf(',') : -1;
+      const payload = comma >= 0 ? img.value.slice(comma + 1) : img.value;
+      if (!BASE64.test(payload)) {
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not valid base64`);
+      }
+      const bytes = Buffer.from(payload, 'base64');
+      if (bytes.byteLength === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}: the image is empty`);
+      return { kind: 'bytes', bytes };
+    }
+    case 'url': {
+      let url: URL;
+      try {
+        url = new URL(img.value);
+      } catch {
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not a valid URL`);
+      }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value must be an http or https URL`);
+      }
+      return { kind: 'url', url: url.toString() };
+    }
+    default:
+      throw new PipelineError(
+        ErrorCode.INVALID_REQUEST,
+        `${field}.type '${img.type}' is not supported; use 'base64' or 'url' (or send the file as multipart or a raw body)`,
+      );
+  }
+}
+
+function fromQueryString(s: string): unknown {
+  if (s === 'true') return true;
+  if (s === 'false') return false;
+  if (s.trim() !== '' && Number.isFinite(Number(s))) return Number(s);
+  return s;
+}
+
+function invalid(error: z.ZodError): PipelineError {
+  const details = error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`);
+  return new PipelineError(ErrorCode.INVALID_REQUEST, details.join('; '), { issues: details });
+}

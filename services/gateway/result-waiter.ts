@@ -1,0 +1,106 @@
+import type { Redis } from 'ioredis';
+import type { DetectionResponse, ResultMessage } from '../../shared/contracts.js';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/logger.js';
+
+/**
+ * Waits for results on this gateway instance's reply list (see shared/reply.ts). One loop pops
+ * the list with a blocking BRPOP on a dedicated connection and settles the matching request;
+ * every wait also has a timer that ends it with DEADLINE_EXCEEDED at the request's deadline, so
+ * no request waits forever whatever happens downstream.
+ */
+interface PendingWait {
+  resolve: (r: DetectionResponse) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+const DRAIN_BATCH = 256;
+
+export class ResultWaiter {
+  private readonly pending = new Map<string, PendingWait>();
+  private running: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly connection: Redis,
+    private readonly listKey: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts popping the reply list. */
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  /** Registers a wait; call before the job is enqueued so a fast result cannot be missed. */
+  wait(id: string, deadline: number): Promise<DetectionResponse> {
+    return new Promise<DetectionResponse>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'no result arrived before the request deadline'));
+      }, Math.max(0, deadline - Date.now()));
+      this.pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Forgets a wait whose result nobody needs any more. */
+  cancel(id: string): void {
+    const w = this.pending.get(id);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.pending.delete(id);
+  }
+
+  /** Requests still waiting for their result. */
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /** Stops the loop; waits still pending are rejected. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      this.connection.disconnect();
+      for (const [id, w] of this.pending) {
+        clearTimeout(w.timer);
+        w.reject(new PipelineError(ErrorCode.NOT_READY, 'the gateway is shutting down'));
+        this.pending.delete(id);
+      }
+    }
+    await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closed) {
+      try {
+        const popped = await this.connection.brpop(this.listKey, 1);
+        if (!popped) continue;
+        this.settle(popped[1]);
+        // Drain whatever else arrived without another blocking round trip per message.
+        const more = await this.connection.rpop(this.listKey, DRAIN_BATCH);
+        for (const raw of more ?? []) this.settle(raw);
+      } catch (err) {
+        if (this.closed) break;
+        this.log.warn({ err }, 'reading results failed; retrying');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  private settle(raw: string): void {
+    let msg: ResultMessage;
+    try {
+      msg = JSON.parse(raw) as ResultMessage;
+    } catch (err) {
+      this.log.error({ err }, 'malformed result message');
+      return;
+    }
+    const w = this.pending.get(msg.id);
+    if (!w) return; // Already answered (deadline) or cancelled.
+    clearTimeout(w.timer);
+    this.pending.delete(msg.id);
+    if (msg.ok) w.resolve(msg.response);
+    else w.reject(new PipelineError(msg.error.code, msg.error.message));
+  }
+}

@@ -1,0 +1,189 @@
+import { randomUUID } from 'node:crypto';
+import multipart from '@fastify/multipart';
+import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import type { Config } from '../../shared/config.js';
+import type { DetectionResponse, ModelDescription, PreJob } from '../../shared/contracts.js';
+import { ErrorCode, HTTP_STATUS, PipelineError, type ErrorBody } from '../../shared/errors.js';
+import { listAlive } from '../../shared/heartbeat.js';
+import type { Keys } from '../../shared/keys.js';
+import type { Logger } from '../../shared/logger.js';
+import type { ModelDirectory } from '../../shared/model-directory.js';
+import type { StageQueue } from '../../shared/queues.js';
+import { execMulti } from '../../shared/redis.js';
+import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
+import type { ResultWaiter } from './result-waiter.js';
+
+/**
+ * The gateway's HTTP API (Roboflow-compatible): it validates requests, stores uploaded image
+ * bytes in Redis, enqueues one `pre` job per image and answers when the results come back
+ * through its ResultWaiter. It never decodes an image.
+ */
+export interface GatewayDeps {
+  config: Config;
+  gatewayId: string;
+  keys: Keys;
+  redis: Redis;
+  preQueue: StageQueue<'pre'>;
+  waiter: ResultWaiter;
+  models: ModelDirectory;
+  log: Logger;
+}
+
+export function buildServer(deps: GatewayDeps) {
+  const { config, keys, redis, models } = deps;
+  const app = Fastify({
+    loggerInstance: deps.log,
+    bodyLimit: config.gateway.maxBodyBytes,
+    disableRequestLogging: true,
+    genReqId: () => randomUUID(),
+  });
+
+  void app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
+  app.addContentTypeParser(/^(image\/.+|application\/octet-stream)$/, { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
+  );
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const body = toHttpError(err);
+    const status = HTTP_STATUS[body.code];
+    if (status >= 500) req.log.error({ err }, 'request failed');
+    void reply.status(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.status(404).send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
+  });
+
+  app.post('/infer/object_detection', async (req) => {
+    const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+    const modelId = resolveModelId(parsed.modelId, await models.all());
+    const results = await runPipeline(deps, parsed, modelId);
+    return parsed.isList ? results : results[0];
+  });
+
+  app.get('/model/registry', async () => ({ models: [...(await models.all()).values()].map(describe) }));
+
+  app.post('/model/add', async (req) => {
+    const modelId = (req.body as { model_id?: unknown } | undefined)?.model_id;
+    if (typeof modelId !== 'string' || modelId === '') {
+      throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');
+    }
+    const served = await models.all();
+    resolveModelId(modelId, served);
+    return { models: [...served.values()].map(describe) };
+  });
+
+  app.get('/healthz', () => ({ status: 'ok' }));
+
+  app.get('/readyz', async (_req, reply) => {
+    const missing = await notReadyReasons(redis, keys);
+    if (missing.length > 0) {
+      return reply.status(503).send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
+    }
+    return { status: 'ready' };
+  });
+
+  return app;
+}
+
+async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise<ParsedRequest> {
+  const query = req.query as Record<string, unknown>;
+  if (req.isMultipart()) {
+    const file = await req.file();
+    if (!file) throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
+    if (file.fieldname !== 'file') {
+      throw new PipelineError(ErrorCode.INVALID_REQUEST, `multipart part '${file.fieldname}' is not 'file'`);
+    }
+    const bytes = await file.toBuffer();
+    return parseQueryRequest(query, bytes);
+  }
+  if (Buffer.isBuffer(req.body)) return parseQueryRequest(query, req.body);
+  return parseJsonRequest(req.body, maxImages);
+}
+
+/** The served model a request asks for; the only one when it names none. */
+function resolveModelId(requested: string | undefined, served: Map<string, ModelDescription>): string {
+  if (requested !== undefined) {
+    if (served.has(requested)) return requested;
+    throw new PipelineError(
+      ErrorCode.MODEL_NOT_FOUND,
+      `model '${requested}' is not served here; served: ${[...served.keys()].join(', ') || 'none'}`,
+    );
+  }
+  const ids = [...served.keys()];
+  if (ids.length === 1) return ids[0]!;
+  if (ids.length === 0) throw new PipelineError(ErrorCode.NOT_READY, 'no model is loaded yet');
+  throw new PipelineError(ErrorCode.INVALID_REQUEST, `model_id is required; served: ${ids.join(', ')}`);
+}
+
+/** Stores the images, enqueues one `pre` job each and waits for every result, in order. */
+async function runPipeline(deps: GatewayDeps, parsed: ParsedRequest, modelId: string): Promise<DetectionResponse[]> {
+  const { config, keys, redis, waiter } = deps;
+  const receivedAt = Date.now();
+  const deadline = receivedAt + config.requestTimeoutMs;
+  const jobs: PreJob[] = parsed.images.map((img) => ({
+    id: randomUUID(),
+    modelId,
+    params: parsed.params,
+    replyTo: deps.gatewayId,
+    receivedAt,
+    deadline,
+    autoOrient: parsed.autoOrient,
+    source: img.kind === 'url' ? { kind: 'url', url: img.url } : { kind: 'stored' },
+  }));
+  const waits = jobs.map((job) => waiter.wait(job.id, deadline));
+  try {
+    const store = redis.multi();
+    parsed.images.forEach((img, i) => {
+      if (img.kind === 'bytes') store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
+    });
+    await execMulti(store);
+    await deps.preQueue.addBulk(jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })));
+    return await Promise.all(waits);
+  } catch (err) {
+    for (const job of jobs) waiter.cancel(job.id);
+    // Silence the waits nobody will read now.
+    for (const w of waits) w.catch(() => {});
+    throw err;
+  }
+}
+
+/** Roboflow's ModelDescriptionEntity. */
+function describe(m: ModelDescription) {
+  return {
+    model_id: m.model_id,
+    task_type: m.task_type,
+    batch_size: m.batch_size,
+    input_height: m.input_height,
+    input_width: m.input_width,
+  };
+}
+
+async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {
+  try {
+    await redis.ping();
+  } catch {
+    return ['Redis is not reachable'];
+  }
+  const [infer, pre, post] = await Promise.all(['infer', 'pre', 'post'].map((role) => listAlive(redis, keys, role)));
+  const reasons: string[] = [];
+  if (!infer || infer.size === 0) reasons.push('no inference process with a loaded model');
+  if (!pre || pre.size === 0) reasons.push('no pre worker');
+  if (!post || post.size === 0) reasons.push('no post worker');
+  return reasons;
+}
+
+/** Maps any error to the JSON error body; fastify's own 4xx errors keep their meaning. */
+function toHttpError(err: FastifyError): ErrorBody {
+  if (err instanceof PipelineError) return { code: err.code, message: err.message };
+  const status = err.statusCode ?? 500;
+  if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
+  if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
+  if (status >= 400 && status < 500) return { code: ErrorCode.INVALID_REQUEST, message: err.message };
+  if (isRedisUnavailable(err)) return { code: ErrorCode.NOT_READY, message: 'Redis is not reachable' };
+  return { code: ErrorCode.INTERNAL, message: 'internal error' };
+}
+
+function isRedisUnavailable(err: Error): boolean {
+  return /Connection is closed|MaxRetriesPerRequest|ECONNREFUSED|Stream isn't writeable/i.test(err.message);
+}

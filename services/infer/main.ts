@@ -1,0 +1,135 @@
+import { randomUUID } from 'node:crypto';
+import { loadConfigOrExit } from '../../shared/config.js';
+import { encodeCandidates } from '../../shared/candidates.js';
+import { QueueName, contextOf, type InferJob } from '../../shared/contracts.js';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { startHeartbeat } from '../../shared/heartbeat.js';
+import { Keys } from '../../shared/keys.js';
+import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
+import { createLogger } from '../../shared/logger.js';
+import { publishModel } from '../../shared/model-directory.js';
+import { createQueue, createStageWorker, enqueue } from '../../shared/queues.js';
+import { closeRedis, createRedis, execMulti } from '../../shared/redis.js';
+import { Batcher } from './batcher.js';
+import { OnnxModel } from './model.js';
+
+/**
+ * The `infer` stage: the one process that owns the model. It takes letterboxed images from the
+ * `infer` queue, runs them in dynamic batches (batcher.ts) on the model's own thread, stores
+ * each image's compact candidates in Redis and enqueues it on the `post` queue.
+ */
+const config = loadConfigOrExit();
+const log = createLogger('infer', config.logLevel);
+const instanceId = randomUUID();
+const keys = new Keys(config.redis.prefix);
+
+interface BatchItem {
+  job: InferJob;
+  pixels: Buffer;
+}
+
+interface ItemResult {
+  candidates: Float32Array;
+  startedAt: number;
+  batchSize: number;
+}
+
+try {
+  const model = await OnnxModel.load({ ...config.infer });
+  const desc = model.description;
+  log.info(
+    { model: desc.model_id, provider: desc.execution_provider, input: [desc.input_width, desc.input_height], batch: model.fixedBatch ?? 'dynamic', loadMs: Math.round(model.loadMs) },
+    'model loaded',
+  );
+
+  const client = createRedis(config.redis.url, `infer:${instanceId}`, 'worker');
+  const workerConnection = createRedis(config.redis.url, `infer-worker:${instanceId}`, 'worker');
+  const postQueue = createQueue(QueueName.post, client, keys.prefix);
+  await publishModel(client, keys, desc);
+
+  const batcher = new Batcher<BatchItem, ItemResult>({
+    maxBatchSize: model.maxBatch,
+    maxDelayMs: config.infer.maxBatchDelayMs,
+    deadlineOf: (item) => item.job.deadline,
+    expiredError: () => new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'request deadline passed before the model ran'),
+    run: async (items) => {
+      const startedAt = Date.now();
+      try {
+        const out = await model.run(
+          items.map((i) => i.pixels),
+          items.map((i) => ({
+            confidence: i.job.params.confidence,
+            allowedClassIds: classIdsOf(i.job.params.classFilter, desc.class_names),
+            maxCandidates: i.job.params.maxCandidates,
+          })),
+        );
+        log.debug({ size: items.length, ...out.timings }, 'batch done');
+        return out.candidates.map((candidates) => ({ candidates, startedAt, batchSize: items.length }));
+      } catch (err) {
+        throw new PipelineError(
+          ErrorCode.MODEL_EXECUTION_FAILED,
+          `the model failed on this batch: ${err instanceof Error ? err.message : String(err)}`,
+        );
+      }
+    },
+  });
+
+  const worker = createStageWorker({
+    queue: QueueName.infer,
+    connection: workerConnection,
+    client,
+    keys,
+    // Twice the batch size, so the next batch fills while one runs.
+    concurrency: model.maxBatch * 2,
+    logger: log,
+    replyTtlSeconds: config.dataTtlSeconds,
+    process: async (job) => {
+      if (job.modelId !== desc.model_id) {
+        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served by this process`);
+      }
+      const pixels = await client.getBuffer(keys.pixels(job.id));
+      if (!pixels) throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the preprocessed image is no longer in Redis');
+      const result = await batcher.submit({ job, pixels });
+      await execMulti(
+        client
+          .multi()
+          .set(keys.candidates(job.id), encodeCandidates(result.candidates), 'EX', config.dataTtlSeconds)
+          .del(keys.pixels(job.id)),
+      );
+      await enqueue(postQueue, {
+        ...contextOf(job),
+        letterbox: job.letterbox,
+        inferStartedAt: result.startedAt,
+        batchSize: result.batchSize,
+      });
+    },
+  });
+
+  const heartbeat = await startHeartbeat(client, keys, 'infer', instanceId, JSON.stringify([desc.model_id]), (err) =>
+    log.warn({ err }, 'heartbeat failed'),
+  );
+  log.info({ concurrency: model.maxBatch * 2, maxBatch: model.maxBatch }, 'infer worker ready');
+
+  handleShutdown(
+    log,
+    once(() =>
+      closeInOrder(log, [
+        ['heartbeat', () => heartbeat.close()],
+        ['worker', () => worker.close()],
+        ['batcher', async () => batcher.close()],
+        ['model', () => model.close()],
+        ['post queue', () => postQueue.close()],
+        ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
+      ]),
+    ),
+  );
+} catch (err) {
+  exitOnStartupError(log, err);
+}
+
+/** Class ids allowed by a class_filter; names the model does not know are ignored. */
+function classIdsOf(filter: string[] | null, names: readonly string[]): number[] | null {
+  if (!filter) return null;
+  const wanted = new Set(filter);
+  return names.flatMap((n, i) => (wanted.has(n) ? [i] : []));
+}

@@ -1,0 +1,239 @@
+import { readFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { ModelDescription } from '../../shared/contracts.js';
+import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
+import type { CandidateFilter } from './output-decoder.js';
+import type { Dim, ExecutionProvider, RunTimings, SessionInfo, SessionInit, ThreadMessage } from './session-protocol.js';
+import { buildTinyDetector } from './tiny-model/tiny-model.js';
+
+/**
+ * The onnxruntime adapter: loads one ONNX detector on its own thread (session-thread.ts),
+ * works out its input size, batch dimension and class names, and runs batches of letterboxed
+ * uint8 images on it.
+ */
+export interface ModelOptions {
+  modelId: string;
+  /** ONNX file; undefined serves the generated tiny detector. */
+  modelPath: string | undefined;
+  classNamesPath: string | undefined;
+  executionProvider: ExecutionProvider;
+  /** Upper bound for models with a dynamic batch dimension. */
+  maxBatchSize: number;
+}
+
+export interface BatchOutput {
+  /** Packed candidates per image, in batch order (see shared/candidates.ts). */
+  candidates: Float32Array[];
+  timings: RunTimings;
+}
+
+export class ModelLoadError extends Error {
+  override readonly name = 'ModelLoadError';
+}
+
+export class OnnxModel {
+  private nextBatchId = 1;
+  private readonly pending = new Map<number, { resolve: (o: BatchOutput) => void; reject: (e: Error) => void }>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly thread: Worker,
+    readonly description: ModelDescription,
+    /** The model's own batch size when its batch dimension is fixed; null when dynamic. */
+    readonly fixedBatch: number | null,
+    readonly loadMs: number,
+  ) {
+    thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
+    thread.on('error', (err) => this.failAll(err));
+    thread.on('exit', (code) => this.failAll(new Error(`the inference thread exited with code ${code}`)));
+  }
+
+  static async load(opts: ModelOptions): Promise<OnnxModel> {
+    const bytes = opts.modelPath ? await readModelFile(opts.modelPath) : buildTinyDetector();
+    const metadata = safeMetadata(bytes);
+    const init: SessionInit = { modelBytes: bytes, executionProvider: opts.executionProvider };
+    const thread = startThread(init, [bytes.buffer as ArrayBuffer]);
+    const info = await waitReady(thread, opts);
+
+    const [batchDim, channels, height, width] = info.inputShape;
+    if (info.inputShape.length !== 4 || channels !== 3) {
+      await thread.terminate();
+      throw new ModelLoadError(
+        `model input '${info.inputName}' has shape [${info.inputShape.join(', ')}]; expected [batch, 3, height, width]`,
+      );
+    }
+    const size = parseImgsz(metadata['imgsz']);
+    const inputHeight = typeof height === 'number' ? height : (size?.[0] ?? 640);
+    const inputWidth = typeof width === 'number' ? width : (size?.[1] ?? 640);
+    const outChannels = info.outputShape[1];
+    if (info.outputShape.length !== 3 || (typeof outChannels === 'number' && outChannels <= 4)) {
+      await thread.terminate();
+      throw new ModelLoadError(
+        `model output '${info.outputName}' has shape [${info.outputShape.join(', ')}]; ` +
+          'expected the YOLOv8 layout [batch, 4 + classes, anchors]',
+      );
+    }
+    const fixedBatch = typeof batchDim === 'number' && batchDim > 0 ? batchDim : null;
+    const classNames = await resolveClassNames(opts, metadata, typeof outChannels === 'number' ? outChannels - 4 : undefined);
+    const description: ModelDescription = {
+      model_id: opts.modelId,
+      task_type: 'object-detection',
+      batch_size: fixedBatch ?? opts.maxBatchSize,
+      input_width: inputWidth,
+      input_height: inputHeight,
+      class_names: classNames,
+      execution_provider: opts.executionProvider,
+    };
+    return new OnnxModel(thread, description, fixedBatch, info.loadMs);
+  }
+
+  /** Largest number of images one run takes. */
+  get maxBatch(): number {
+    return this.description.batch_size;
+  }
+
+  /** Runs `images` (each inputHeight × inputWidth × 3 RGB bytes) as one batch. */
+  run(images: readonly Uint8Array[], filters: CandidateFilter[]): Promise<BatchOutput> {
+    const { input_width: width, input_height: height } = this.description;
+    const imageBytes = width * height * 3;
+    // One contiguous copy that can be transferred to the thread without cloning.
+    const pixels = new Uint8Array(images.length * imageBytes);
+    images.forEach((img, i) => {
+      if (img.byteLength !== imageBytes) throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${imageBytes}`);
+      pixels.set(img, i * imageBytes);
+    });
+    const batchId = this.nextBatchId++;
+    return new Promise<BatchOutput>((resolve, reject) => {
+      if (this.closing) return reject(new Error('the model is closed'));
+      this.pending.set(batchId, { resolve, reject });
+      this.thread.postMessage(
+        {
+          type: 'run',
+          batchId,
+          pixels,
+          count: images.length,
+          runBatch: this.fixedBatch ?? images.length,
+          height,
+          width,
+          filters,
+        },
+        [pixels.buffer],
+      );
+    });
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.thread.terminate().then(() => undefined);
+    return this.closing;
+  }
+
+  private onMessage(msg: ThreadMessage): void {
+    if (msg.type !== 'done' && msg.type !== 'failed') return;
+    const waiter = this.pending.get(msg.batchId);
+    if (!waiter) return;
+    this.pending.delete(msg.batchId);
+    if (msg.type === 'done') waiter.resolve({ candidates: msg.candidates, timings: msg.timings });
+    else waiter.reject(new Error(msg.message));
+  }
+
+  private failAll(err: Error): void {
+    for (const waiter of this.pending.values()) waiter.reject(err);
+    this.pending.clear();
+  }
+}
+
+function startThread(init: SessionInit, transferList: ArrayBuffer[]): Worker {
+  // Same extension as this module: .ts under tsx, .js once compiled.
+  const ext = extname(fileURLToPath(import.meta.url));
+  const entry = new URL(`./session-thread${ext}`, import.meta.url);
+  if (ext !== '.ts') return new Worker(entry, { workerData: init, transferList });
+  // tsx's loader does not reach worker threads: register it inside the thread first.
+  const api = JSON.stringify(import.meta.resolve('tsx/esm/api'));
+  const code = `import(${api}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })`;
+  return new Worker(code, { eval: true, workerData: init, transferList });
+}
+
+async function readModelFile(path: string): Promise<Uint8Array> {
+  try {
+    const buf = await readFile(path);
+    return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : String(err);
+    throw new ModelLoadError(`MODEL_PATH ${path}: ${reason}`);
+  }
+}
+
+function waitReady(thread: Worker, opts: ModelOptions): Promise<SessionInfo> {
+  const what = opts.modelPath ?? 'the tiny detector';
+  return new Promise<SessionInfo>((resolve, reject) => {
+    const fail = (why: string) => {
+      cleanup();
+      void thread.terminate();
+      reject(new ModelLoadError(why));
+    };
+    const onMessage = (msg: ThreadMessage) => {
+      if (msg.type === 'ready') {
+        cleanup();
+        resolve(msg.info);
+      } else if (msg.type === 'init-failed') {
+        fail(describeLoadFailure(what, opts.executionProvider, msg.message));
+      }
+    };
+    const onError = (err: Error) => fail(`loading ${what} failed: ${err.message}`);
+    const onExit = (code: number) => fail(`the inference thread exited with code ${code} while loading ${what}`);
+    const cleanup = () => {
+      thread.off('message', onMessage);
+      thread.off('error', onError);
+      thread.off('exit', onExit);
+    };
+    thread.on('message', onMessage);
+    thread.on('error', onError);
+    thread.on('exit', onExit);
+  });
+}
+
+function describeLoadFailure(what: string, provider: ExecutionProvider, message: string): string {
+  if (provider !== 'cpu' && /ExecutionProvider|shared library|providers_/i.test(message)) {
+    return (
+      `EXECUTION_PROVIDER=${provider} is not available on this machine (${message.split('\n')[0]}). ` +
+      `Install onnxruntime-node's ${provider === 'cuda' ? 'CUDA' : 'TensorRT'} binaries and drivers, or set EXECUTION_PROVIDER=cpu.`
+    );
+  }
+  return `${what} is not a loadable ONNX model: ${message.split('\n')[0]}`;
+}
+
+function safeMetadata(bytes: Uint8Array): Record<string, string> {
+  try {
+    return readOnnxMetadata(bytes);
+  } catch {
+    return {};
+  }
+}
+
+function parseImgsz(value: string | undefined): [number, number] | undefined {
+  const nums = value?.match(/\d+/g)?.map(Number);
+  if (!nums || nums.length === 0) return undefined;
+  return [nums[0]!, nums[1] ?? nums[0]!];
+}
+
+async function resolveClassNames(
+  opts: ModelOptions,
+  metadata: Record<string, string>,
+  numClasses: number | undefined,
+): Promise<string[]> {
+  let names: string[] | undefined;
+  const embedded = metadata['names'];
+  if (embedded) names = parseClassNames(embedded);
+  if (!names && opts.classNamesPath) {
+    try {
+      names = (await readFile(opts.classNamesPath, 'utf8')).split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+    } catch (err) {
+      throw new ModelLoadError(`CLASS_NAMES ${opts.classNamesPath}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  names ??= [];
+  const count = numClasses ?? names.length;
+  return Array.from({ length: count }, (_, i) => names[i] ?? `class_${i}`);
+}

@@ -1,0 +1,67 @@
+import sharp, { type Metadata } from 'sharp';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { computeLetterbox, letterboxPadding, type Letterbox } from '../../shared/letterbox.js';
+
+/**
+ * The sharp adapter of the `pre` stage: decode an image, apply its EXIF orientation, and
+ * letterbox it to the model input as RGB uint8 pixels (HWC), the form `infer` expects.
+ */
+export interface Preprocessed {
+  /** inputWidth × inputHeight × 3 bytes, RGB, row-major. */
+  pixels: Buffer;
+  letterbox: Letterbox;
+}
+
+const PAD = { r: 114, g: 114, b: 114 } as const;
+
+// EXIF orientations 5–8 rotate by 90° or 270°, so width and height swap.
+const SWAPS_AXES = new Set([5, 6, 7, 8]);
+
+export async function letterboxImage(
+  bytes: Buffer,
+  inputWidth: number,
+  inputHeight: number,
+  autoOrient: boolean,
+): Promise<Preprocessed> {
+  let meta: Metadata;
+  try {
+    meta = await sharp(bytes).metadata();
+  } catch (err) {
+    throw decodeError(err);
+  }
+  if (!meta.width || !meta.height) {
+    throw new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, 'the image has no readable size');
+  }
+  const swap = autoOrient && SWAPS_AXES.has(meta.orientation ?? 1);
+  const srcWidth = swap ? meta.height : meta.width;
+  const srcHeight = swap ? meta.width : meta.height;
+  const letterbox = computeLetterbox(srcWidth, srcHeight, inputWidth, inputHeight);
+
+  // One pipeline: libvips orients, shrinks on load where the format allows (JPEG), resizes,
+  // pads and converts to 8-bit sRGB without intermediate buffers.
+  let image = sharp(bytes, { failOn: 'error' });
+  if (autoOrient) image = image.rotate();
+  try {
+    const { data, info } = await image
+      .resize(letterbox.resizedWidth, letterbox.resizedHeight, { fit: 'fill', kernel: 'linear' })
+      .removeAlpha()
+      .extend({ ...letterboxPadding(letterbox), background: PAD })
+      .toColourspace('srgb')
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    if (info.width !== inputWidth || info.height !== inputHeight || info.channels !== 3) {
+      throw new PipelineError(
+        ErrorCode.IMAGE_DECODE_FAILED,
+        `unexpected decoded layout ${info.width}x${info.height}x${info.channels}`,
+      );
+    }
+    return { pixels: data, letterbox };
+  } catch (err) {
+    throw err instanceof PipelineError ? err : decodeError(err);
+  }
+}
+
+function decodeError(err: unknown): PipelineError {
+  const reason = err instanceof Error ? err.message : String(err);
+  return new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, `the image could not be decoded: ${reason}`);
+}

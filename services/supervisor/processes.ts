@@ -1,0 +1,110 @@
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+
+/**
+ * Starting and stopping the stack's processes: the roles, run with the same Node (and, in
+ * development, the same TypeScript loader) as the caller, and a private redis-server. Used by
+ * the supervisor and by the integration tests, so both run the stack the same way.
+ */
+export const ROLES = ['gateway', 'pre', 'infer', 'post'] as const;
+export type Role = (typeof ROLES)[number];
+
+const EXT = extname(fileURLToPath(import.meta.url));
+
+/** Command line that runs one role's entry point. */
+export function roleCommand(role: Role): { command: string; args: string[] } {
+  const entry = fileURLToPath(new URL(`../${role}/main${EXT}`, import.meta.url));
+  // Under tsx the entry points are .ts files: load tsx into the child too.
+  const loader = EXT === '.ts' ? ['--import', import.meta.resolve('tsx')] : [];
+  return { command: process.execPath, args: [...loader, entry] };
+}
+
+export function spawnRole(role: Role, env: NodeJS.ProcessEnv, stdio: StdioOptions = 'inherit'): ChildProcess {
+  const { command, args } = roleCommand(role);
+  // Own process group: a terminal's Ctrl-C reaches only the supervisor, which stops the roles
+  // in order instead of all at once.
+  return spawn(command, args, { env, stdio, detached: true });
+}
+
+/** A TCP port that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  server.close();
+  if (address === null || typeof address === 'string') throw new Error('could not find a free port');
+  return address.port;
+}
+
+export class RedisServerError extends Error {
+  override readonly name = 'RedisServerError';
+}
+
+/**
+ * Starts a private redis-server on a free loopback port with persistence off, and waits until
+ * it answers PING.
+ */
+export async function startRedisServer(stdio: StdioOptions = 'ignore'): Promise<{ url: string; process: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
+    { stdio },
+  );
+  const spawnError = new Promise<never>((_, reject) => {
+    child.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new RedisServerError(
+          err.code === 'ENOENT'
+            ? 'redis-server is not on the PATH: install it (e.g. apt-get install redis-server) or set REDIS_URL'
+            : `redis-server could not start: ${err.message}`,
+        ),
+      ),
+    );
+    child.once('exit', (code) => reject(new RedisServerError(`redis-server exited with code ${code} at startup`)));
+  });
+  const url = `redis://127.0.0.1:${port}`;
+  await Promise.race([waitForRedis(url, 10_000), spawnError]);
+  child.removeAllListeners('exit');
+  return { url, process: child };
+}
+
+/** Resolves once Redis at `url` answers PING; rejects after timeoutMs. */
+export async function waitForRedis(url: string, timeoutMs: number): Promise<void> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  redis.on('error', () => {}); // Refusals are expected until the server is up.
+  const until = Date.now() + timeoutMs;
+  try {
+    for (;;) {
+      try {
+        if (redis.status !== 'ready') await redis.connect();
+        await redis.ping();
+        return;
+      } catch (err) {
+        if (Date.now() > until) throw new RedisServerError(`Redis at ${url} did not answer: ${String(err)}`);
+        redis.disconnect();
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** Sends SIGTERM and waits for the exit; SIGKILL after timeoutMs. */
+export async function stopProcess(child: ChildProcess, timeoutMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  try {
+    await exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,111 @@
+import { basename, extname } from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The one configuration schema. Every role parses the environment once at startup with
+ * `loadConfig()` and fails fast with a list of every bad variable. Each variable is documented
+ * in the README with its default; keep the two in step.
+ */
+const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce.number().int().min(min).max(max).default(def);
+
+const EnvSchema = z.object({
+  /** Redis for every role. Unset under `npm start`: the supervisor starts a private one. */
+  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  /** Prefix of every Redis key and BullMQ queue, so several stacks can share one Redis. */
+  REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only')
+    .default('sd'),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  PORT: int(9001, 0, 65535),
+  PRE_CONCURRENCY: int(2, 1, 256),
+  POST_CONCURRENCY: int(8, 1, 1024),
+  MAX_BATCH_SIZE: int(8, 1, 1024),
+  MAX_BATCH_DELAY_MS: int(5, 0, 10_000),
+  EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'tensorrt']).default('cpu'),
+  /** ONNX model file; unset means the project's generated tiny detector. */
+  MODEL_PATH: z.string().min(1).optional(),
+  MODEL_ID: z.string().min(1).optional(),
+  /** Class names file, one per line; used when the model embeds no `names` metadata. */
+  CLASS_NAMES: z.string().min(1).optional(),
+  REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
+  MAX_BODY_BYTES: int(16 * 1024 * 1024, 1024),
+  MAX_IMAGES_PER_REQUEST: int(16, 1, 1024),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Env = z.infer<typeof EnvSchema>;
+
+/** Typed, nested configuration derived from the environment. */
+export interface Config {
+  redis: { url: string; prefix: string };
+  gateway: { host: string; port: number; maxBodyBytes: number; maxImagesPerRequest: number };
+  pre: { concurrency: number };
+  post: { concurrency: number };
+  infer: {
+    maxBatchSize: number;
+    maxBatchDelayMs: number;
+    executionProvider: 'cpu' | 'cuda' | 'tensorrt';
+    modelPath: string | undefined;
+    modelId: string;
+    classNamesPath: string | undefined;
+  };
+  requestTimeoutMs: number;
+  /** Lifetime of every per-request Redis key: the request deadline plus a margin. */
+  dataTtlSeconds: number;
+  logLevel: Env['LOG_LEVEL'];
+}
+
+/** Model id served when no MODEL_PATH is given: the project's generated tiny detector. */
+export const TINY_MODEL_ID = 'tiny-shapes';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Parses the environment; throws ConfigError listing every bad variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Empty strings mean "unset", as in most shells' `VAR= cmd`.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = EnvSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  const modelId =
+    e.MODEL_ID ?? (e.MODEL_PATH ? basename(e.MODEL_PATH, extname(e.MODEL_PATH)) : TINY_MODEL_ID);
+  return {
+    redis: { url: e.REDIS_URL, prefix: e.REDIS_PREFIX },
+    gateway: {
+      host: e.HOST,
+      port: e.PORT,
+      maxBodyBytes: e.MAX_BODY_BYTES,
+      maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
+    },
+    pre: { concurrency: e.PRE_CONCURRENCY },
+    post: { concurrency: e.POST_CONCURRENCY },
+    infer: {
+      maxBatchSize: e.MAX_BATCH_SIZE,
+      maxBatchDelayMs: e.MAX_BATCH_DELAY_MS,
+      executionProvider: e.EXECUTION_PROVIDER,
+      modelPath: e.MODEL_PATH,
+      modelId,
+      classNamesPath: e.CLASS_NAMES,
+    },
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    dataTtlSeconds: Math.ceil(e.REQUEST_TIMEOUT_MS / 1000) + 60,
+    logLevel: e.LOG_LEVEL,
+  };
+}
+
+/** loadConfig for a role's entry point: prints every bad variable and exits 1. */
+export function loadConfigOrExit(): Config {
+  try {
+    return loadConfig();
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
+}

@@ -1,0 +1,107 @@
+import type { ErrorBody } from './errors.js';
+import type { Letterbox } from './letterbox.js';
+
+/**
+ * What the roles agree on: queue names, each queue's job payload, the result message and the
+ * model description. Payloads are plain JSON (BullMQ stores job data as JSON); image bytes and
+ * tensors never travel in them, only the Redis keys that hold them (see keys.ts).
+ */
+export const QueueName = {
+  pre: 'pre',
+  infer: 'infer',
+  post: 'post',
+} as const;
+export type QueueName = (typeof QueueName)[keyof typeof QueueName];
+
+/** Detection options of one request, as validated by the gateway. */
+export interface DetectionParams {
+  confidence: number;
+  iouThreshold: number;
+  classAgnosticNms: boolean;
+  /** Class names to keep; null keeps every class. */
+  classFilter: string[] | null;
+  maxDetections: number;
+  maxCandidates: number;
+}
+
+/** Carried by every job of one image through every stage. */
+export interface RequestContext {
+  /** The inference id: also the BullMQ job id in every queue and part of every key. */
+  id: string;
+  modelId: string;
+  params: DetectionParams;
+  /** Gateway instance whose reply list receives the result. */
+  replyTo: string;
+  /** Epoch ms when the gateway received the request. */
+  receivedAt: number;
+  /** Epoch ms after which nobody waits for the result. */
+  deadline: number;
+}
+
+export type ImageSource = { kind: 'stored' } | { kind: 'url'; url: string };
+
+export interface PreJob extends RequestContext {
+  source: ImageSource;
+  autoOrient: boolean;
+}
+
+export interface InferJob extends RequestContext {
+  letterbox: Letterbox;
+}
+
+export interface PostJob extends RequestContext {
+  letterbox: Letterbox;
+  /** Epoch ms when the batch that held this image started on the model. */
+  inferStartedAt: number;
+  batchSize: number;
+}
+
+/** Job payload type by queue, so a processor's payload follows from its queue name. */
+export interface JobPayloads {
+  pre: PreJob;
+  infer: InferJob;
+  post: PostJob;
+}
+
+/** One prediction, as in Roboflow's ObjectDetectionPrediction. */
+export interface Prediction {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+  confidence: number;
+  class: string;
+  class_id: number;
+  detection_id: string;
+}
+
+/** Roboflow's ObjectDetectionInferenceResponse. */
+export interface DetectionResponse {
+  inference_id: string;
+  time: number;
+  image: { width: number; height: number };
+  predictions: Prediction[];
+}
+
+/** What a stage pushes onto a gateway's reply list when an image is finished. */
+export type ResultMessage =
+  | { id: string; ok: true; response: DetectionResponse }
+  | { id: string; ok: false; error: ErrorBody };
+
+/** Published by the inference process with its heartbeat; read by the gateway and `post`. */
+export interface ModelDescription {
+  model_id: string;
+  task_type: 'object-detection';
+  /** Largest batch the inference process runs. */
+  batch_size: number;
+  input_width: number;
+  input_height: number;
+  class_names: string[];
+  execution_provider: string;
+}
+
+/** The request context of a job, without the stage-specific fields, for the next stage's job. */
+export function contextOf(job: RequestContext): RequestContext {
+  const { id, modelId, params, replyTo, receivedAt, deadline } = job;
+  return { id, modelId, params, replyTo, receivedAt, deadline };
+}

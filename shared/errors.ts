@@ -1,0 +1,86 @@
+/**
+ * Error codes every role agrees on. A code is stable and machine-readable; it travels between
+ * processes (inside BullMQ failure reasons and result messages) as a plain string, so the
+ * gateway can map it to an HTTP status without knowing which stage raised it.
+ */
+export const ErrorCode = {
+  INVALID_REQUEST: 'INVALID_REQUEST',
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  IMAGE_DECODE_FAILED: 'IMAGE_DECODE_FAILED',
+  IMAGE_FETCH_FAILED: 'IMAGE_FETCH_FAILED',
+  MODEL_NOT_FOUND: 'MODEL_NOT_FOUND',
+  MODEL_EXECUTION_FAILED: 'MODEL_EXECUTION_FAILED',
+  DATA_EXPIRED: 'DATA_EXPIRED',
+  DEADLINE_EXCEEDED: 'DEADLINE_EXCEEDED',
+  NOT_READY: 'NOT_READY',
+  NOT_FOUND: 'NOT_FOUND',
+  INTERNAL: 'INTERNAL',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** HTTP status the gateway answers for each code. */
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
+  INVALID_REQUEST: 400,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  PAYLOAD_TOO_LARGE: 413,
+  IMAGE_DECODE_FAILED: 400,
+  IMAGE_FETCH_FAILED: 400,
+  MODEL_NOT_FOUND: 404,
+  MODEL_EXECUTION_FAILED: 500,
+  DATA_EXPIRED: 500,
+  DEADLINE_EXCEEDED: 504,
+  NOT_READY: 503,
+  NOT_FOUND: 404,
+  INTERNAL: 500,
+};
+
+/**
+ * Codes that mean the input itself is bad: retrying the job cannot help, so the stage fails it
+ * at once (BullMQ's UnrecoverableError) and the client hears about it on the first attempt.
+ */
+const INPUT_ERRORS: ReadonlySet<ErrorCode> = new Set([
+  ErrorCode.INVALID_REQUEST,
+  ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+  ErrorCode.PAYLOAD_TOO_LARGE,
+  ErrorCode.IMAGE_DECODE_FAILED,
+  ErrorCode.IMAGE_FETCH_FAILED,
+  ErrorCode.MODEL_NOT_FOUND,
+  ErrorCode.DATA_EXPIRED,
+  ErrorCode.DEADLINE_EXCEEDED,
+]);
+
+/** An error with a stable code and a message a person can act on. */
+export class PipelineError extends Error {
+  override readonly name = 'PipelineError';
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+    super(message);
+    this.code = code;
+    this.details = details;
+  }
+
+  /** True when a retry of the same job cannot succeed. */
+  get unrecoverable(): boolean {
+    return INPUT_ERRORS.has(this.code);
+  }
+}
+
+/** Plain form of an error, as it travels between processes and out to HTTP clients. */
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && value in HTTP_STATUS;
+}
+
+/** Any thrown value as an ErrorBody; unknown errors become INTERNAL with their message. */
+export function toErrorBody(err: unknown): ErrorBody {
+  if (err instanceof PipelineError) return { code: err.code, message: err.message };
+  const message = err instanceof Error ? err.message : String(err);
+  return { code: ErrorCode.INTERNAL, message };
+}

@@ -1,0 +1,43 @@
+/**
+ * Redis key conventions. Every key starts with the stack's prefix (REDIS_PREFIX) so several
+ * stacks, or several test runs, can share one Redis. Per-request keys always get a TTL when
+ * written and are deleted by the stage that consumes them.
+ */
+export class Keys {
+  constructor(readonly prefix: string) {}
+
+  /** Original image bytes as uploaded, written by the gateway, read by `pre`. */
+  image(id: string): string {
+    return `${this.prefix}:img:${id}`;
+  }
+
+  /** Letterboxed RGB uint8 pixels (HWC), written by `pre`, read by `infer`. */
+  pixels(id: string): string {
+    return `${this.prefix}:px:${id}`;
+  }
+
+  /** Compact detection candidates (see candidates.ts), written by `infer`, read by `post`. */
+  candidates(id: string): string {
+    return `${this.prefix}:cand:${id}`;
+  }
+
+  /** The list a gateway instance pops its finished requests from. */
+  replies(gatewayId: string): string {
+    return `${this.prefix}:reply:${gatewayId}`;
+  }
+
+  /** Hash of model id → ModelDescription JSON, written by the inference process at startup. */
+  models(): string {
+    return `${this.prefix}:models`;
+  }
+
+  /** Heartbeat of one live instance of a role (a `model` heartbeat carries its description). */
+  alive(role: string, instanceId: string): string {
+    return `${this.prefix}:alive:${role}:${instanceId}`;
+  }
+
+  /** Set of instance ids that ever announced themselves for a role; pruned by readers. */
+  aliveSet(role: string): string {
+    return `${this.prefix}:alive:${role}`;
+  }
+}

@@ -1,0 +1,89 @@
+import { Queue, Worker, UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { JobPayloads, QueueName } from './contracts.js';
+import { ErrorCode, PipelineError, toErrorBody } from './errors.js';
+import type { Keys } from './keys.js';
+import type { Logger } from './logger.js';
+import { sendResult } from './reply.js';
+
+/**
+ * The BullMQ adapter: every queue and worker of the pipeline is made here, with the job options
+ * the whole pipeline relies on (finished jobs removed, bounded retries).
+ */
+export const JOB_OPTIONS: JobsOptions = {
+  attempts: 3,
+  backoff: { type: 'fixed', delay: 50 },
+  removeOnComplete: true,
+  removeOnFail: true,
+};
+
+export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
+
+export function createQueue<Q extends QueueName>(name: Q, connection: Redis, prefix: string): StageQueue<Q> {
+  return new Queue<JobPayloads[Q], void, string>(name, { connection, prefix, defaultJobOptions: JOB_OPTIONS });
+}
+
+/** Adds the job for one image; its id is the inference id, so a retried producer cannot duplicate it. */
+export async function enqueue<Q extends QueueName>(queue: StageQueue<Q>, data: JobPayloads[Q]): Promise<void> {
+  // BullMQ's name type cannot be resolved for a generic Q; the job name is the queue's name.
+  await queue.add(queue.name as never, data as never, { jobId: data.id });
+}
+
+export interface StageWorkerOptions<Q extends QueueName> {
+  queue: Q;
+  /** Dedicated blocking connection for the worker. */
+  connection: Redis;
+  /** Connection for the error replies sent to gateways. */
+  client: Redis;
+  keys: Keys;
+  concurrency: number;
+  logger: Logger;
+  /** TTL of reply lists, from the config. */
+  replyTtlSeconds: number;
+  /** How long a job's lock lasts without renewal; BullMQ's default is 30 s. */
+  lockDurationMs?: number;
+  process: (data: JobPayloads[Q], log: Logger, job: Job<JobPayloads[Q]>) => Promise<void>;
+}
+
+/**
+ * A BullMQ worker for one stage. Around the stage's own processing it adds what every stage
+ * needs: jobs past their deadline are dropped without doing their work; an input error fails
+ * the job at once (no retry) and a transient one is retried; when a job fails for the last
+ * time the waiting gateway is told, so no request is left without an answer.
+ */
+export function createStageWorker<Q extends QueueName>(opts: StageWorkerOptions<Q>): Worker<JobPayloads[Q]> {
+  const { keys, client, logger } = opts;
+  const worker = new Worker<JobPayloads[Q]>(
+    opts.queue,
+    async (job) => {
+      const data = job.data;
+      const log = logger.child({ inference_id: data.id, stage: opts.queue });
+      try {
+        if (Date.now() > data.deadline) {
+          throw new PipelineError(ErrorCode.DEADLINE_EXCEEDED, `request deadline passed before the ${opts.queue} stage`);
+        }
+        await opts.process(data, log, job);
+      } catch (err) {
+        const unrecoverable = err instanceof PipelineError && err.unrecoverable;
+        const final = unrecoverable || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+        const error = toErrorBody(err);
+        log.warn({ err, code: error.code, attempt: job.attemptsMade + 1, final }, 'job failed');
+        if (final) {
+          await sendResult(client, keys, data.replyTo, { id: data.id, ok: false, error }, opts.replyTtlSeconds).catch(
+            (sendErr: unknown) => log.error({ err: sendErr }, 'could not send the error result'),
+          );
+        }
+        if (unrecoverable) throw new UnrecoverableError(`${error.code}: ${error.message}`);
+        throw err;
+      }
+    },
+    {
+      connection: opts.connection,
+      prefix: keys.prefix,
+      concurrency: opts.concurrency,
+      ...(opts.lockDurationMs !== undefined ? { lockDuration: opts.lockDurationMs } : {}),
+    },
+  );
+  worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  return worker;
+}
