@@ -21,7 +21,9 @@ export interface Candidate {
 /** Bytes of a packed candidate array, ready for a binary Redis value. */
 export function encodeCandidates(packed: Float32Array): Buffer {
   if (packed.length % CANDIDATE_STRIDE !== 0) {
-    throw new RangeError(`candidate array length ${packed.length} is not a multiple of ${CANDIDATE_STRIDE}`);
+    throw new RangeError(
+      `candidate array length ${packed.length} is not a multiple of ${CANDIDATE_STRIDE}`,
+    );
   }
   return Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
 }

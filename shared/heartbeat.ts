@@ -30,7 +30,7 @@ export async function startHeartbeat(
     );
   };
   await beat();
-  const timer = setInterval(() => beat().catch(onError), HEARTBEAT_INTERVAL_MS);
+  const timer = setInterval(() => void beat().catch(onError), HEARTBEAT_INTERVAL_MS);
   let closing: Promise<void> | undefined;
   return {
     close() {
@@ -48,7 +48,11 @@ export async function startHeartbeat(
 }
 
 /** Live instances of a role with their payloads; forgets instances whose key has expired. */
-export async function listAlive(redis: Redis, keys: Keys, role: string): Promise<Map<string, string>> {
+export async function listAlive(
+  redis: Redis,
+  keys: Keys,
+  role: string,
+): Promise<Map<string, string>> {
   const ids = await redis.smembers(keys.aliveSet(role));
   const alive = new Map<string, string>();
   if (ids.length === 0) return alive;

@@ -21,6 +21,11 @@ export class Keys {
     return `${this.prefix}:cand:${id}`;
   }
 
+  /** Every per-request data key of one image, for cleanup when its request ends early. */
+  requestData(id: string): string[] {
+    return [this.image(id), this.pixels(id), this.candidates(id)];
+  }
+
   /** The list a gateway instance pops its finished requests from. */
   replies(gatewayId: string): string {
     return `${this.prefix}:reply:${gatewayId}`;

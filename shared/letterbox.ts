@@ -34,7 +34,16 @@ export function computeLetterbox(
   // on the right/bottom.
   const padLeft = Math.max(0, Math.round((inputWidth - resizedWidth) / 2 - 0.1));
   const padTop = Math.max(0, Math.round((inputHeight - resizedHeight) / 2 - 0.1));
-  return { srcWidth, srcHeight, inputWidth, inputHeight, resizedWidth, resizedHeight, padLeft, padTop };
+  return {
+    srcWidth,
+    srcHeight,
+    inputWidth,
+    inputHeight,
+    resizedWidth,
+    resizedHeight,
+    padLeft,
+    padTop,
+  };
 }
 
 /** Padding on each side, for an image library's extend/pad operation. */

@@ -31,7 +31,10 @@ export function handleShutdown(log: Logger, close: () => Promise<void>, timeoutM
 }
 
 /** Runs each cleanup step in order, logging and continuing past failures. */
-export async function closeInOrder(log: Logger, steps: Array<[string, () => Promise<unknown>]>): Promise<void> {
+export async function closeInOrder(
+  log: Logger,
+  steps: Array<[string, () => Promise<unknown>]>,
+): Promise<void> {
   for (const [name, step] of steps) {
     try {
       await step();

@@ -8,7 +8,11 @@ import type { Keys } from './keys.js';
  * while the process restarts, so `pre` and `post` keep working across an inference restart.
  * Readers cache descriptions briefly: they are read for every image.
  */
-export async function publishModel(redis: Redis, keys: Keys, desc: ModelDescription): Promise<void> {
+export async function publishModel(
+  redis: Redis,
+  keys: Keys,
+  desc: ModelDescription,
+): Promise<void> {
   await redis.hset(keys.models(), desc.model_id, JSON.stringify(desc));
 }
 
@@ -42,7 +46,8 @@ export class ModelDirectory {
   private async load(): Promise<Map<string, ModelDescription>> {
     const raw = await this.redis.hgetall(this.keys.models());
     const models = new Map<string, ModelDescription>();
-    for (const [id, json] of Object.entries(raw)) models.set(id, JSON.parse(json) as ModelDescription);
+    for (const [id, json] of Object.entries(raw))
+      models.set(id, JSON.parse(json) as ModelDescription);
     this.cache = { at: Date.now(), models };
     return models;
   }

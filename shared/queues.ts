@@ -19,12 +19,23 @@ export const JOB_OPTIONS: JobsOptions = {
 
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
 
-export function createQueue<Q extends QueueName>(name: Q, connection: Redis, prefix: string): StageQueue<Q> {
-  return new Queue<JobPayloads[Q], void, string>(name, { connection, prefix, defaultJobOptions: JOB_OPTIONS });
+export function createQueue<Q extends QueueName>(
+  name: Q,
+  connection: Redis,
+  prefix: string,
+): StageQueue<Q> {
+  return new Queue<JobPayloads[Q], void, string>(name, {
+    connection,
+    prefix,
+    defaultJobOptions: JOB_OPTIONS,
+  });
 }
 
 /** Adds the job for one image; its id is the inference id, so a retried producer cannot duplicate it. */
-export async function enqueue<Q extends QueueName>(queue: StageQueue<Q>, data: JobPayloads[Q]): Promise<void> {
+export async function enqueue<Q extends QueueName>(
+  queue: StageQueue<Q>,
+  data: JobPayloads[Q],
+): Promise<void> {
   // BullMQ's name type cannot be resolved for a generic Q; the job name is the queue's name.
   await queue.add(queue.name as never, data as never, { jobId: data.id });
 }
@@ -51,7 +62,9 @@ export interface StageWorkerOptions<Q extends QueueName> {
  * the job at once (no retry) and a transient one is retried; when a job fails for the last
  * time the waiting gateway is told, so no request is left without an answer.
  */
-export function createStageWorker<Q extends QueueName>(opts: StageWorkerOptions<Q>): Worker<JobPayloads[Q]> {
+export function createStageWorker<Q extends QueueName>(
+  opts: StageWorkerOptions<Q>,
+): Worker<JobPayloads[Q]> {
   const { keys, client, logger } = opts;
   const worker = new Worker<JobPayloads[Q]>(
     opts.queue,
@@ -60,7 +73,10 @@ export function createStageWorker<Q extends QueueName>(opts: StageWorkerOptions<
       const log = logger.child({ inference_id: data.id, stage: opts.queue });
       try {
         if (Date.now() > data.deadline) {
-          throw new PipelineError(ErrorCode.DEADLINE_EXCEEDED, `request deadline passed before the ${opts.queue} stage`);
+          throw new PipelineError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            `request deadline passed before the ${opts.queue} stage`,
+          );
         }
         await opts.process(data, log, job);
       } catch (err) {
@@ -69,9 +85,17 @@ export function createStageWorker<Q extends QueueName>(opts: StageWorkerOptions<
         const error = toErrorBody(err);
         log.warn({ err, code: error.code, attempt: job.attemptsMade + 1, final }, 'job failed');
         if (final) {
-          await sendResult(client, keys, data.replyTo, { id: data.id, ok: false, error }, opts.replyTtlSeconds).catch(
-            (sendErr: unknown) => log.error({ err: sendErr }, 'could not send the error result'),
+          await sendResult(
+            client,
+            keys,
+            data.replyTo,
+            { id: data.id, ok: false, error },
+            opts.replyTtlSeconds,
+          ).catch((sendErr: unknown) =>
+            log.error({ err: sendErr }, 'could not send the error result'),
           );
+          // Nothing downstream will consume this image's data now.
+          await client.del(...keys.requestData(data.id)).catch(() => {});
         }
         if (unrecoverable) throw new UnrecoverableError(`${error.code}: ${error.message}`);
         throw err;

@@ -35,7 +35,9 @@ const OptionsSchema = z.looseObject({
 });
 
 const BodySchema = OptionsSchema.extend({
-  image: z.union([ImageSchema, z.array(ImageSchema)], { error: 'image must be an object or a list of objects' }),
+  image: z.union([ImageSchema, z.array(ImageSchema)], {
+    error: 'image must be an object or a list of objects',
+  }),
 });
 
 type Options = z.infer<typeof OptionsSchema>;
@@ -64,14 +66,18 @@ export function parseQueryRequest(query: Record<string, unknown>, image: Buffer)
   for (const [key, value] of Object.entries(query)) {
     const v = Array.isArray(value) ? (value as unknown[]) : [value];
     if (key === 'class_filter') {
-      converted[key] = v.flatMap((s) => String(s).split(',')).map((s) => s.trim()).filter(Boolean);
+      converted[key] = v
+        .flatMap((s) => String(s).split(','))
+        .map((s) => s.trim())
+        .filter(Boolean);
     } else {
       converted[key] = fromQueryString(String(v[v.length - 1]));
     }
   }
   const parsed = OptionsSchema.safeParse(converted);
   if (!parsed.success) throw invalid(parsed.error);
-  if (image.byteLength === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the image is empty');
+  if (image.byteLength === 0)
+    throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the image is empty');
   return { images: [{ kind: 'bytes', bytes: image }], isList: false, ...options(parsed.data) };
 }
 
@@ -91,9 +97,13 @@ function options(o: Options): Omit<ParsedRequest, 'images' | 'isList'> {
 }
 
 function checkImageCount(count: number, maxImages: number): void {
-  if (count === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, 'image: the list of images is empty');
+  if (count === 0)
+    throw new PipelineError(ErrorCode.INVALID_REQUEST, 'image: the list of images is empty');
   if (count > maxImages) {
-    throw new PipelineError(ErrorCode.INVALID_REQUEST, `image: ${count} images in one request; at most ${maxImages} are allowed`);
+    throw new PipelineError(
+      ErrorCode.INVALID_REQUEST,
+      `image: ${count} images in one request; at most ${maxImages} are allowed`,
+    );
   }
 }
 
@@ -111,7 +121,8 @@ function parseImage(img: z.infer<typeof ImageSchema>, field: string): ImageInput
         throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not valid base64`);
       }
       const bytes = Buffer.from(payload, 'base64');
-      if (bytes.byteLength === 0) throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}: the image is empty`);
+      if (bytes.byteLength === 0)
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}: the image is empty`);
       return { kind: 'bytes', bytes };
     }
     case 'url': {
@@ -122,7 +133,10 @@ function parseImage(img: z.infer<typeof ImageSchema>, field: string): ImageInput
         throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not a valid URL`);
       }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value must be an http or https URL`);
+        throw new PipelineError(
+          ErrorCode.INVALID_REQUEST,
+          `${field}.value must be an http or https URL`,
+        );
       }
       return { kind: 'url', url: url.toString() };
     }

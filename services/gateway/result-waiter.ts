@@ -36,10 +36,18 @@ export class ResultWaiter {
   /** Registers a wait; call before the job is enqueued so a fast result cannot be missed. */
   wait(id: string, deadline: number): Promise<DetectionResponse> {
     return new Promise<DetectionResponse>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'no result arrived before the request deadline'));
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          this.pending.delete(id);
+          reject(
+            new PipelineError(
+              ErrorCode.DEADLINE_EXCEEDED,
+              'no result arrived before the request deadline',
+            ),
+          );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       this.pending.set(id, { resolve, reject, timer });
     });
   }

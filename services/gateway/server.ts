@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import multipart from '@fastify/multipart';
-import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { Config } from '../../shared/config.js';
 import type { DetectionResponse, ModelDescription, PreJob } from '../../shared/contracts.js';
@@ -30,18 +30,25 @@ export interface GatewayDeps {
   log: Logger;
 }
 
+/** One log line per request, when it completes (with its status and duration). */
+class CompletedRequestsOnly extends LogController {
+  override incomingRequest(): void {}
+}
+
 export function buildServer(deps: GatewayDeps) {
   const { config, keys, redis, models } = deps;
   const app = Fastify({
     loggerInstance: deps.log,
     bodyLimit: config.gateway.maxBodyBytes,
-    disableRequestLogging: true,
+    logController: new CompletedRequestsOnly(),
     genReqId: () => randomUUID(),
   });
 
   void app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
-  app.addContentTypeParser(/^(image\/.+|application\/octet-stream)$/, { parseAs: 'buffer' }, (_req, body, done) =>
-    done(null, body),
+  app.addContentTypeParser(
+    /^(image\/.+|application\/octet-stream)$/,
+    { parseAs: 'buffer' },
+    (_req, body, done) => done(null, body),
   );
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
@@ -51,7 +58,9 @@ export function buildServer(deps: GatewayDeps) {
     void reply.status(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
+    void reply
+      .status(404)
+      .send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
   });
 
   app.post('/infer/object_detection', async (req) => {
@@ -61,7 +70,9 @@ export function buildServer(deps: GatewayDeps) {
     return parsed.isList ? results : results[0];
   });
 
-  app.get('/model/registry', async () => ({ models: [...(await models.all()).values()].map(describe) }));
+  app.get('/model/registry', async () => ({
+    models: [...(await models.all()).values()].map(describe),
+  }));
 
   app.post('/model/add', async (req) => {
     const modelId = (req.body as { model_id?: unknown } | undefined)?.model_id;
@@ -78,7 +89,9 @@ export function buildServer(deps: GatewayDeps) {
   app.get('/readyz', async (_req, reply) => {
     const missing = await notReadyReasons(redis, keys);
     if (missing.length > 0) {
-      return reply.status(503).send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
+      return reply
+        .status(503)
+        .send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
     }
     return { status: 'ready' };
   });
@@ -90,9 +103,13 @@ async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise
   const query = req.query as Record<string, unknown>;
   if (req.isMultipart()) {
     const file = await req.file();
-    if (!file) throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
+    if (!file)
+      throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
     if (file.fieldname !== 'file') {
-      throw new PipelineError(ErrorCode.INVALID_REQUEST, `multipart part '${file.fieldname}' is not 'file'`);
+      throw new PipelineError(
+        ErrorCode.INVALID_REQUEST,
+        `multipart part '${file.fieldname}' is not 'file'`,
+      );
     }
     const bytes = await file.toBuffer();
     return parseQueryRequest(query, bytes);
@@ -102,7 +119,10 @@ async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise
 }
 
 /** The served model a request asks for; the only one when it names none. */
-function resolveModelId(requested: string | undefined, served: Map<string, ModelDescription>): string {
+function resolveModelId(
+  requested: string | undefined,
+  served: Map<string, ModelDescription>,
+): string {
   if (requested !== undefined) {
     if (served.has(requested)) return requested;
     throw new PipelineError(
@@ -113,11 +133,18 @@ function resolveModelId(requested: string | undefined, served: Map<string, Model
   const ids = [...served.keys()];
   if (ids.length === 1) return ids[0]!;
   if (ids.length === 0) throw new PipelineError(ErrorCode.NOT_READY, 'no model is loaded yet');
-  throw new PipelineError(ErrorCode.INVALID_REQUEST, `model_id is required; served: ${ids.join(', ')}`);
+  throw new PipelineError(
+    ErrorCode.INVALID_REQUEST,
+    `model_id is required; served: ${ids.join(', ')}`,
+  );
 }
 
 /** Stores the images, enqueues one `pre` job each and waits for every result, in order. */
-async function runPipeline(deps: GatewayDeps, parsed: ParsedRequest, modelId: string): Promise<DetectionResponse[]> {
+async function runPipeline(
+  deps: GatewayDeps,
+  parsed: ParsedRequest,
+  modelId: string,
+): Promise<DetectionResponse[]> {
   const { config, keys, redis, waiter } = deps;
   const receivedAt = Date.now();
   const deadline = receivedAt + config.requestTimeoutMs;
@@ -135,13 +162,17 @@ async function runPipeline(deps: GatewayDeps, parsed: ParsedRequest, modelId: st
   try {
     const store = redis.multi();
     parsed.images.forEach((img, i) => {
-      if (img.kind === 'bytes') store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
+      if (img.kind === 'bytes')
+        store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
     });
     await execMulti(store);
-    await deps.preQueue.addBulk(jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })));
+    await deps.preQueue.addBulk(
+      jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
+    );
     return await Promise.all(waits);
   } catch (err) {
     for (const job of jobs) waiter.cancel(job.id);
+    await redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
     // Silence the waits nobody will read now.
     for (const w of waits) w.catch(() => {});
     throw err;
@@ -165,7 +196,9 @@ async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {
   } catch {
     return ['Redis is not reachable'];
   }
-  const [infer, pre, post] = await Promise.all(['infer', 'pre', 'post'].map((role) => listAlive(redis, keys, role)));
+  const [infer, pre, post] = await Promise.all(
+    ['infer', 'pre', 'post'].map((role) => listAlive(redis, keys, role)),
+  );
   const reasons: string[] = [];
   if (!infer || infer.size === 0) reasons.push('no inference process with a loaded model');
   if (!pre || pre.size === 0) reasons.push('no pre worker');
@@ -179,11 +212,15 @@ function toHttpError(err: FastifyError): ErrorBody {
   const status = err.statusCode ?? 500;
   if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
   if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
-  if (status >= 400 && status < 500) return { code: ErrorCode.INVALID_REQUEST, message: err.message };
-  if (isRedisUnavailable(err)) return { code: ErrorCode.NOT_READY, message: 'Redis is not reachable' };
+  if (status >= 400 && status < 500)
+    return { code: ErrorCode.INVALID_REQUEST, message: err.message };
+  if (isRedisUnavailable(err))
+    return { code: ErrorCode.NOT_READY, message: 'Redis is not reachable' };
   return { code: ErrorCode.INTERNAL, message: 'internal error' };
 }
 
 function isRedisUnavailable(err: Error): boolean {
-  return /Connection is closed|MaxRetriesPerRequest|ECONNREFUSED|Stream isn't writeable/i.test(err.message);
+  return /Connection is closed|MaxRetriesPerRequest|ECONNREFUSED|Stream isn't writeable/i.test(
+    err.message,
+  );
 }

@@ -68,10 +68,13 @@ export class Batcher<I, O> {
 
   private armTimer(delayMs: number): void {
     this.clearTimer();
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.markDue();
-    }, Math.max(0, delayMs));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.markDue();
+      },
+      Math.max(0, delayMs),
+    );
   }
 
   private clearTimer(): void {
@@ -109,7 +112,10 @@ export class Batcher<I, O> {
         (outputs) => {
           batch.forEach((w, i) => {
             if (i < outputs.length) w.resolve(outputs[i]!);
-            else w.reject(new Error(`the batch returned ${outputs.length} outputs for ${batch.length} items`));
+            else
+              w.reject(
+                new Error(`the batch returned ${outputs.length} outputs for ${batch.length} items`),
+              );
           });
         },
         (err: unknown) => batch.forEach((w) => w.reject(err)),

@@ -38,7 +38,13 @@ try {
   const model = await OnnxModel.load({ ...config.infer });
   const desc = model.description;
   log.info(
-    { model: desc.model_id, provider: desc.execution_provider, input: [desc.input_width, desc.input_height], batch: model.fixedBatch ?? 'dynamic', loadMs: Math.round(model.loadMs) },
+    {
+      model: desc.model_id,
+      provider: desc.execution_provider,
+      input: [desc.input_width, desc.input_height],
+      batch: model.fixedBatch ?? 'dynamic',
+      loadMs: Math.round(model.loadMs),
+    },
     'model loaded',
   );
 
@@ -51,7 +57,11 @@ try {
     maxBatchSize: model.maxBatch,
     maxDelayMs: config.infer.maxBatchDelayMs,
     deadlineOf: (item) => item.job.deadline,
-    expiredError: () => new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'request deadline passed before the model ran'),
+    expiredError: () =>
+      new PipelineError(
+        ErrorCode.DEADLINE_EXCEEDED,
+        'request deadline passed before the model ran',
+      ),
     run: async (items) => {
       const startedAt = Date.now();
       try {
@@ -64,7 +74,11 @@ try {
           })),
         );
         log.debug({ size: items.length, ...out.timings }, 'batch done');
-        return out.candidates.map((candidates) => ({ candidates, startedAt, batchSize: items.length }));
+        return out.candidates.map((candidates) => ({
+          candidates,
+          startedAt,
+          batchSize: items.length,
+        }));
       } catch (err) {
         throw new PipelineError(
           ErrorCode.MODEL_EXECUTION_FAILED,
@@ -85,15 +99,27 @@ try {
     replyTtlSeconds: config.dataTtlSeconds,
     process: async (job) => {
       if (job.modelId !== desc.model_id) {
-        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served by this process`);
+        throw new PipelineError(
+          ErrorCode.MODEL_NOT_FOUND,
+          `model '${job.modelId}' is not served by this process`,
+        );
       }
       const pixels = await client.getBuffer(keys.pixels(job.id));
-      if (!pixels) throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the preprocessed image is no longer in Redis');
+      if (!pixels)
+        throw new PipelineError(
+          ErrorCode.DATA_EXPIRED,
+          'the preprocessed image is no longer in Redis',
+        );
       const result = await batcher.submit({ job, pixels });
       await execMulti(
         client
           .multi()
-          .set(keys.candidates(job.id), encodeCandidates(result.candidates), 'EX', config.dataTtlSeconds)
+          .set(
+            keys.candidates(job.id),
+            encodeCandidates(result.candidates),
+            'EX',
+            config.dataTtlSeconds,
+          )
           .del(keys.pixels(job.id)),
       );
       await enqueue(postQueue, {
@@ -105,8 +131,13 @@ try {
     },
   });
 
-  const heartbeat = await startHeartbeat(client, keys, 'infer', instanceId, JSON.stringify([desc.model_id]), (err) =>
-    log.warn({ err }, 'heartbeat failed'),
+  const heartbeat = await startHeartbeat(
+    client,
+    keys,
+    'infer',
+    instanceId,
+    JSON.stringify([desc.model_id]),
+    (err) => log.warn({ err }, 'heartbeat failed'),
   );
   log.info({ concurrency: model.maxBatch * 2, maxBatch: model.maxBatch }, 'infer worker ready');
 
@@ -116,7 +147,7 @@ try {
       closeInOrder(log, [
         ['heartbeat', () => heartbeat.close()],
         ['worker', () => worker.close()],
-        ['batcher', async () => batcher.close()],
+        ['batcher', () => Promise.resolve(batcher.close())],
         ['model', () => model.close()],
         ['post queue', () => postQueue.close()],
         ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],

@@ -5,7 +5,13 @@ import { Worker } from 'node:worker_threads';
 import type { ModelDescription } from '../../shared/contracts.js';
 import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
 import type { CandidateFilter } from './output-decoder.js';
-import type { Dim, ExecutionProvider, RunTimings, SessionInfo, SessionInit, ThreadMessage } from './session-protocol.js';
+import type {
+  ExecutionProvider,
+  RunTimings,
+  SessionInfo,
+  SessionInit,
+  ThreadMessage,
+} from './session-protocol.js';
 import { buildTinyDetector } from './tiny-model/tiny-model.js';
 
 /**
@@ -35,7 +41,10 @@ export class ModelLoadError extends Error {
 
 export class OnnxModel {
   private nextBatchId = 1;
-  private readonly pending = new Map<number, { resolve: (o: BatchOutput) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (o: BatchOutput) => void; reject: (e: Error) => void }
+  >();
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -47,7 +56,9 @@ export class OnnxModel {
   ) {
     thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
     thread.on('error', (err) => this.failAll(err));
-    thread.on('exit', (code) => this.failAll(new Error(`the inference thread exited with code ${code}`)));
+    thread.on('exit', (code) =>
+      this.failAll(new Error(`the inference thread exited with code ${code}`)),
+    );
   }
 
   static async load(opts: ModelOptions): Promise<OnnxModel> {
@@ -76,7 +87,11 @@ export class OnnxModel {
       );
     }
     const fixedBatch = typeof batchDim === 'number' && batchDim > 0 ? batchDim : null;
-    const classNames = await resolveClassNames(opts, metadata, typeof outChannels === 'number' ? outChannels - 4 : undefined);
+    const classNames = await resolveClassNames(
+      opts,
+      metadata,
+      typeof outChannels === 'number' ? outChannels - 4 : undefined,
+    );
     const description: ModelDescription = {
       model_id: opts.modelId,
       task_type: 'object-detection',
@@ -101,7 +116,8 @@ export class OnnxModel {
     // One contiguous copy that can be transferred to the thread without cloning.
     const pixels = new Uint8Array(images.length * imageBytes);
     images.forEach((img, i) => {
-      if (img.byteLength !== imageBytes) throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${imageBytes}`);
+      if (img.byteLength !== imageBytes)
+        throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${imageBytes}`);
       pixels.set(img, i * imageBytes);
     });
     const batchId = this.nextBatchId++;
@@ -182,7 +198,8 @@ function waitReady(thread: Worker, opts: ModelOptions): Promise<SessionInfo> {
       }
     };
     const onError = (err: Error) => fail(`loading ${what} failed: ${err.message}`);
-    const onExit = (code: number) => fail(`the inference thread exited with code ${code} while loading ${what}`);
+    const onExit = (code: number) =>
+      fail(`the inference thread exited with code ${code} while loading ${what}`);
     const cleanup = () => {
       thread.off('message', onMessage);
       thread.off('error', onError);
@@ -228,9 +245,14 @@ async function resolveClassNames(
   if (embedded) names = parseClassNames(embedded);
   if (!names && opts.classNamesPath) {
     try {
-      names = (await readFile(opts.classNamesPath, 'utf8')).split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+      names = (await readFile(opts.classNamesPath, 'utf8'))
+        .split(/\r?\n/)
+        .map((l) => l.trim())
+        .filter(Boolean);
     } catch (err) {
-      throw new ModelLoadError(`CLASS_NAMES ${opts.classNamesPath}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+      throw new ModelLoadError(
+        `CLASS_NAMES ${opts.classNamesPath}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      );
     }
   }
   names ??= [];

@@ -64,7 +64,13 @@ function range(n: number): number[] {
 }
 
 /** Converts a batch of HWC RGB uint8 images into one NCHW float32 tensor in 0..1. */
-export function hwcToNchwFloat(src: Uint8Array, batch: number, height: number, width: number, dst: Float32Array): void {
+export function hwcToNchwFloat(
+  src: Uint8Array,
+  batch: number,
+  height: number,
+  width: number,
+  dst: Float32Array,
+): void {
   const plane = height * width;
   const scale = 1 / 255;
   for (let b = 0; b < batch; b++) {

@@ -1,7 +1,12 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { decodeYolov8, hwcToNchwFloat } from './output-decoder.js';
-import type { ExecutionProvider, RunRequest, SessionInit, ThreadMessage } from './session-protocol.js';
+import type {
+  ExecutionProvider,
+  RunRequest,
+  SessionInit,
+  ThreadMessage,
+} from './session-protocol.js';
 
 /**
  * The thread that owns the onnxruntime session (see session-protocol.ts for why). It builds
@@ -28,7 +33,8 @@ try {
   });
   const input = session.inputMetadata[0];
   const output = session.outputMetadata[0];
-  if (!input?.isTensor || !output?.isTensor) throw new Error('the model must have a tensor input and a tensor output');
+  if (!input?.isTensor || !output?.isTensor)
+    throw new Error('the model must have a tensor input and a tensor output');
   post({
     type: 'ready',
     info: {
@@ -62,17 +68,28 @@ async function runBatch(req: RunRequest): Promise<void> {
     const t2 = performance.now();
     const out = results[outputName];
     if (!out || out.type !== 'float32' || out.dims.length !== 3) {
-      throw new Error(`unexpected model output ${out ? `${out.type} [${out.dims.join(', ')}]` : 'missing'}`);
+      throw new Error(
+        `unexpected model output ${out ? `${out.type} [${out.dims.join(', ')}]` : 'missing'}`,
+      );
     }
     const [, channels, anchors] = out.dims as [number, number, number];
     const values = out.data as Float32Array;
     const candidates = req.filters.map((f, i) => decodeYolov8(values, channels, anchors, i, f));
     const t3 = performance.now();
     post(
-      { type: 'done', batchId: req.batchId, candidates, timings: { prepareMs: t1 - t0, runMs: t2 - t1, decodeMs: t3 - t2 } },
+      {
+        type: 'done',
+        batchId: req.batchId,
+        candidates,
+        timings: { prepareMs: t1 - t0, runMs: t2 - t1, decodeMs: t3 - t2 },
+      },
       candidates.map((c) => c.buffer as ArrayBuffer),
     );
   } catch (err) {
-    post({ type: 'failed', batchId: req.batchId, message: err instanceof Error ? err.message : String(err) });
+    post({
+      type: 'failed',
+      batchId: req.batchId,
+      message: err instanceof Error ? err.message : String(err),
+    });
   }
 }

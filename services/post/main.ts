@@ -38,9 +38,11 @@ try {
     replyTtlSeconds: config.dataTtlSeconds,
     process: async (job, jobLog) => {
       const model = await models.get(job.modelId);
-      if (!model) throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
+      if (!model)
+        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
       const bytes = await client.getBuffer(keys.candidates(job.id));
-      if (!bytes) throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the model output is no longer in Redis');
+      if (!bytes)
+        throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the model output is no longer in Redis');
       const response = buildResponse({
         inferenceId: job.id,
         candidates: decodeCandidates(bytes),
@@ -49,9 +51,18 @@ try {
         classNames: model.class_names,
         elapsedSeconds: (Date.now() - job.receivedAt) / 1000,
       });
-      await sendResult(client, keys, job.replyTo, { id: job.id, ok: true, response }, config.dataTtlSeconds);
+      await sendResult(
+        client,
+        keys,
+        job.replyTo,
+        { id: job.id, ok: true, response },
+        config.dataTtlSeconds,
+      );
       await client.del(keys.candidates(job.id));
-      jobLog.debug({ detections: response.predictions.length, batchSize: job.batchSize }, 'result sent');
+      jobLog.debug(
+        { detections: response.predictions.length, batchSize: job.batchSize },
+        'result sent',
+      );
     },
   });
 

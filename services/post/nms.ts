@@ -13,7 +13,9 @@ export interface NmsOptions {
 }
 
 export function nonMaxSuppression(candidates: readonly Candidate[], opts: NmsOptions): Candidate[] {
-  const order = candidates.map((_, i) => i).sort((a, b) => candidates[b]!.score - candidates[a]!.score || a - b);
+  const order = candidates
+    .map((_, i) => i)
+    .sort((a, b) => candidates[b]!.score - candidates[a]!.score || a - b);
   const kept: Candidate[] = [];
   for (const i of order) {
     if (kept.length >= opts.maxDetections) break;

@@ -23,7 +23,10 @@ export function buildResponse(input: PostprocessInput): DetectionResponse {
   const { params, letterbox, classNames } = input;
   const allowed = params.classFilter ? new Set(params.classFilter) : null;
   const eligible = input.candidates
-    .filter((c) => c.score >= params.confidence && (!allowed || allowed.has(className(classNames, c.classId))))
+    .filter(
+      (c) =>
+        c.score >= params.confidence && (!allowed || allowed.has(className(classNames, c.classId))),
+    )
     .sort((a, b) => b.score - a.score)
     .slice(0, params.maxCandidates);
   const kept = nonMaxSuppression(eligible, {
@@ -33,7 +36,10 @@ export function buildResponse(input: PostprocessInput): DetectionResponse {
   });
   const predictions: Prediction[] = [];
   for (const c of kept) {
-    const box = unletterboxBox({ x1: c.cx - c.w / 2, y1: c.cy - c.h / 2, x2: c.cx + c.w / 2, y2: c.cy + c.h / 2 }, letterbox);
+    const box = unletterboxBox(
+      { x1: c.cx - c.w / 2, y1: c.cy - c.h / 2, x2: c.cx + c.w / 2, y2: c.cy + c.h / 2 },
+      letterbox,
+    );
     const width = box.x2 - box.x1;
     const height = box.y2 - box.y1;
     if (width <= 0 || height <= 0) continue;

@@ -43,15 +43,27 @@ try {
     replyTtlSeconds: config.dataTtlSeconds,
     process: async (job, jobLog) => {
       const model = await models.get(job.modelId);
-      if (!model) throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
+      if (!model)
+        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
       const bytes = await loadImageBytes(client, keys, job, config.gateway.maxBodyBytes);
       const started = performance.now();
-      const { pixels, letterbox } = await letterboxImage(bytes, model.input_width, model.input_height, job.autoOrient);
+      const { pixels, letterbox } = await letterboxImage(
+        bytes,
+        model.input_width,
+        model.input_height,
+        job.autoOrient,
+      );
       await execMulti(
-        client.multi().set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds).del(keys.image(job.id)),
+        client
+          .multi()
+          .set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds)
+          .del(keys.image(job.id)),
       );
       await enqueue(inferQueue, { ...contextOf(job), letterbox });
-      jobLog.debug({ ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight }, 'preprocessed');
+      jobLog.debug(
+        { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
+        'preprocessed',
+      );
     },
   });
 

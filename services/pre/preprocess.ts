@@ -63,5 +63,8 @@ export async function letterboxImage(
 
 function decodeError(err: unknown): PipelineError {
   const reason = err instanceof Error ? err.message : String(err);
-  return new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, `the image could not be decoded: ${reason}`);
+  return new PipelineError(
+    ErrorCode.IMAGE_DECODE_FAILED,
+    `the image could not be decoded: ${reason}`,
+  );
 }

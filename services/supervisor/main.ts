@@ -39,7 +39,9 @@ async function main(): Promise<void> {
   }
   const url = `http://${config.gateway.host === '0.0.0.0' ? '127.0.0.1' : config.gateway.host}:${config.gateway.port}`;
   await waitReady(`${url}/readyz`, 120_000);
-  const registry = (await (await fetch(`${url}/model/registry`)).json()) as { models: Array<{ model_id: string }> };
+  const registry = (await (await fetch(`${url}/model/registry`)).json()) as {
+    models: Array<{ model_id: string }>;
+  };
   const models = registry.models.map((m) => m.model_id).join(', ');
   process.stdout.write(`\nstaged-detect is ready at ${url}  (model: ${models})\n\n`);
 }

@@ -23,7 +23,11 @@ export function roleCommand(role: Role): { command: string; args: string[] } {
   return { command: process.execPath, args: [...loader, entry] };
 }
 
-export function spawnRole(role: Role, env: NodeJS.ProcessEnv, stdio: StdioOptions = 'inherit'): ChildProcess {
+export function spawnRole(
+  role: Role,
+  env: NodeJS.ProcessEnv,
+  stdio: StdioOptions = 'inherit',
+): ChildProcess {
   const { command, args } = roleCommand(role);
   // Own process group: a terminal's Ctrl-C reaches only the supervisor, which stops the roles
   // in order instead of all at once.
@@ -37,7 +41,8 @@ export async function freePort(): Promise<number> {
   await once(server, 'listening');
   const address = server.address();
   server.close();
-  if (address === null || typeof address === 'string') throw new Error('could not find a free port');
+  if (address === null || typeof address === 'string')
+    throw new Error('could not find a free port');
   return address.port;
 }
 
@@ -49,11 +54,24 @@ export class RedisServerError extends Error {
  * Starts a private redis-server on a free loopback port with persistence off, and waits until
  * it answers PING.
  */
-export async function startRedisServer(stdio: StdioOptions = 'ignore'): Promise<{ url: string; process: ChildProcess }> {
+export async function startRedisServer(
+  stdio: StdioOptions = 'ignore',
+): Promise<{ url: string; process: ChildProcess }> {
   const port = await freePort();
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--maxmemory-policy',
+      'noeviction',
+    ],
     { stdio },
   );
   const spawnError = new Promise<never>((_, reject) => {
@@ -66,7 +84,9 @@ export async function startRedisServer(stdio: StdioOptions = 'ignore'): Promise<
         ),
       ),
     );
-    child.once('exit', (code) => reject(new RedisServerError(`redis-server exited with code ${code} at startup`)));
+    child.once('exit', (code) =>
+      reject(new RedisServerError(`redis-server exited with code ${code} at startup`)),
+    );
   });
   const url = `redis://127.0.0.1:${port}`;
   await Promise.race([waitForRedis(url, 10_000), spawnError]);
@@ -76,7 +96,11 @@ export async function startRedisServer(stdio: StdioOptions = 'ignore'): Promise<
 
 /** Resolves once Redis at `url` answers PING; rejects after timeoutMs. */
 export async function waitForRedis(url: string, timeoutMs: number): Promise<void> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
   redis.on('error', () => {}); // Refusals are expected until the server is up.
   const until = Date.now() + timeoutMs;
   try {
@@ -86,7 +110,8 @@ export async function waitForRedis(url: string, timeoutMs: number): Promise<void
         await redis.ping();
         return;
       } catch (err) {
-        if (Date.now() > until) throw new RedisServerError(`Redis at ${url} did not answer: ${String(err)}`);
+        if (Date.now() > until)
+          throw new RedisServerError(`Redis at ${url} did not answer: ${String(err)}`);
         redis.disconnect();
         await new Promise((r) => setTimeout(r, 50));
       }

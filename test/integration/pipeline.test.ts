@@ -1,0 +1,351 @@
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
+import { drawImage, expectedBox, type Shape } from '../helpers/images.js';
+import {
+  keysOf,
+  logEvents,
+  postJson,
+  startRedis,
+  startStack,
+  type RedisHandle,
+  type Stack,
+} from '../helpers/stack.js';
+
+/**
+ * The whole pipeline with every role as its own process, a real redis-server and requests over
+ * HTTP, serving the generated tiny detector (which finds red, green and blue rectangles
+ * exactly, so boxes can be checked to the pixel).
+ */
+let redis: RedisHandle;
+let stack: Stack;
+let imageServer: Server;
+let imageServerUrl: string;
+const served = new Map<string, Buffer>();
+
+const SCENE: Shape[] = [
+  { colour: 'red', x: 40, y: 60, w: 120, h: 90 },
+  { colour: 'blue', x: 300, y: 200, w: 150, h: 100 },
+];
+
+function base64Request(image: Buffer, extra: Record<string, unknown> = {}) {
+  return { image: { type: 'base64', value: image.toString('base64') }, ...extra };
+}
+
+/** Asserts that predictions are exactly these shapes (one each), boxes within 2 px. */
+function assertShapes(predictions: Prediction[], shapes: Shape[]): void {
+  assert.deepEqual(
+    predictions.map((p) => p.class).sort(),
+    shapes.map((s) => s.colour).sort(),
+    `classes: ${JSON.stringify(predictions)}`,
+  );
+  for (const s of shapes) {
+    const p = predictions.find((q) => q.class === s.colour)!;
+    const want = expectedBox(s);
+    for (const k of ['x', 'y', 'width', 'height'] as const) {
+      assert.ok(Math.abs(p[k] - want[k]) <= 2, `${s.colour}.${k}: got ${p[k]}, want ${want[k]}`);
+    }
+    assert.equal(p.confidence, 1);
+    assert.equal(p.class_id, ['red', 'green', 'blue'].indexOf(s.colour));
+    assert.match(p.detection_id, /^[0-9a-f-]{36}$/);
+  }
+}
+
+before(async () => {
+  redis = await startRedis();
+  stack = await startStack({ redisUrl: redis.url, env: { MAX_BATCH_DELAY_MS: '40' } });
+  imageServer = createServer((req, res) => {
+    const body = served.get(req.url ?? '');
+    if (!body) return void res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'image/png' }).end(body);
+  });
+  await new Promise<void>((r) => imageServer.listen(0, '127.0.0.1', r));
+  imageServerUrl = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  await stack?.stop();
+  imageServer?.close();
+  await redis?.stop();
+});
+
+describe('object detection over HTTP', () => {
+  test('base64 JSON: a landscape PNG gives exact classes and boxes in original pixels', async () => {
+    const image = await drawImage(480, 360, SCENE);
+    const res = await postJson(stack, '/infer/object_detection', base64Request(image));
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const body = res.body as DetectionResponse;
+    assert.deepEqual(body.image, { width: 480, height: 360 });
+    assert.match(body.inference_id, /^[0-9a-f-]{36}$/);
+    assert.ok(body.time > 0 && body.time < 30);
+    // The tiny detector emits a near-duplicate of every box: NMS must have removed it.
+    assertShapes(body.predictions, SCENE);
+  });
+
+  test('a portrait image and a data: URL prefix', async () => {
+    const shapes: Shape[] = [{ colour: 'green', x: 20, y: 500, w: 200, h: 120 }];
+    const image = await drawImage(300, 700, shapes);
+    const res = await postJson(stack, '/infer/object_detection', {
+      image: { type: 'base64', value: `data:image/png;base64,${image.toString('base64')}` },
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.deepEqual((res.body as DetectionResponse).image, { width: 300, height: 700 });
+    assertShapes((res.body as DetectionResponse).predictions, shapes);
+  });
+
+  test('a JPEG with an EXIF rotation is detected in oriented coordinates', async () => {
+    const shapes: Shape[] = [
+      { colour: 'red', x: 30, y: 40, w: 100, h: 60 },
+      { colour: 'green', x: 200, y: 400, w: 80, h: 120 },
+    ];
+    const image = await drawImage(320, 560, shapes, { format: 'jpeg', orientation: 6 });
+    const res = await postJson(stack, '/infer/object_detection', base64Request(image));
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const body = res.body as DetectionResponse;
+    assert.deepEqual(body.image, { width: 320, height: 560 });
+    assertShapes(body.predictions, shapes);
+
+    const raw = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(image, { disable_preproc_auto_orient: true }),
+    );
+    assert.equal(raw.status, 200);
+    assert.deepEqual((raw.body as DetectionResponse).image, { width: 560, height: 320 });
+  });
+
+  test('options: confidence, class_filter, class-agnostic NMS and max_detections', async () => {
+    const image = await drawImage(480, 360, SCENE);
+    const filtered = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(image, { class_filter: ['blue'] }),
+    );
+    assert.deepEqual(
+      (filtered.body as DetectionResponse).predictions.map((p) => p.class),
+      ['blue'],
+    );
+
+    // Without NMS suppressing it, the 0.9 duplicate shows up once its IoU is allowed.
+    const loose = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(image, { iou_threshold: 0.99 }),
+    );
+    const scores = (loose.body as DetectionResponse).predictions.map((p) => p.confidence).sort();
+    assert.deepEqual(scores, [0.9, 0.9, 1, 1]);
+
+    const capped = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(image, { max_detections: 1 }),
+    );
+    assert.equal((capped.body as DetectionResponse).predictions.length, 1);
+
+    // A blue box inside a red one: per-class NMS keeps both, class-agnostic NMS only one.
+    const nested = await drawImage(300, 300, [
+      { colour: 'red', x: 40, y: 60, w: 120, h: 90 },
+      { colour: 'blue', x: 50, y: 70, w: 100, h: 70 },
+    ]);
+    const perClass = await postJson(stack, '/infer/object_detection', base64Request(nested));
+    assert.deepEqual((perClass.body as DetectionResponse).predictions.map((p) => p.class).sort(), [
+      'blue',
+      'red',
+    ]);
+    const agnostic = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(nested, { class_agnostic_nms: true }),
+    );
+    assert.equal((agnostic.body as DetectionResponse).predictions.length, 1);
+
+    const high = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(image, { iou_threshold: 0.99, confidence: 0.95 }),
+    );
+    assert.equal((high.body as DetectionResponse).predictions.length, 2);
+  });
+
+  test('a list of images answers with a list in the same order', async () => {
+    const a = await drawImage(200, 200, [{ colour: 'red', x: 10, y: 10, w: 50, h: 50 }]);
+    const b = await drawImage(260, 180, [{ colour: 'blue', x: 100, y: 60, w: 60, h: 40 }]);
+    const c = await drawImage(200, 300, []);
+    const res = await postJson(stack, '/infer/object_detection', {
+      image: [a, b, c].map((img) => ({ type: 'base64', value: img.toString('base64') })),
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const list = res.body as DetectionResponse[];
+    assert.equal(list.length, 3);
+    assert.deepEqual(
+      list.map((r) => r.image),
+      [
+        { width: 200, height: 200 },
+        { width: 260, height: 180 },
+        { width: 200, height: 300 },
+      ],
+    );
+    assert.deepEqual(
+      list.map((r) => r.predictions.map((p) => p.class)),
+      [['red'], ['blue'], []],
+    );
+    assert.equal(new Set(list.map((r) => r.inference_id)).size, 3);
+  });
+
+  test('an image by URL, fetched by the pre stage', async () => {
+    served.set('/scene.png', await drawImage(480, 360, SCENE));
+    const res = await postJson(stack, '/infer/object_detection', {
+      image: { type: 'url', value: `${imageServerUrl}/scene.png` },
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assertShapes((res.body as DetectionResponse).predictions, SCENE);
+
+    const missing = await postJson(stack, '/infer/object_detection', {
+      image: { type: 'url', value: `${imageServerUrl}/nope.png` },
+    });
+    assert.equal(missing.status, 400);
+    assert.equal((missing.body as { code: string }).code, 'IMAGE_FETCH_FAILED');
+  });
+
+  test('multipart upload and raw image body, with options in the query string', async () => {
+    const image = await drawImage(480, 360, SCENE);
+    const form = new FormData();
+    form.append('file', new Blob([image], { type: 'image/png' }), 'scene.png');
+    const multipart = await fetch(`${stack.url}/infer/object_detection?confidence=0.5`, {
+      method: 'POST',
+      body: form,
+    });
+    assert.equal(multipart.status, 200);
+    assertShapes(((await multipart.json()) as DetectionResponse).predictions, SCENE);
+
+    const raw = await fetch(`${stack.url}/infer/object_detection?class_filter=red`, {
+      method: 'POST',
+      headers: { 'content-type': 'image/png' },
+      body: image,
+    });
+    assert.equal(raw.status, 200);
+    assert.deepEqual(
+      ((await raw.json()) as DetectionResponse).predictions.map((p) => p.class),
+      ['red'],
+    );
+  });
+
+  test('bad input gets a clear 4xx and the server keeps serving', async () => {
+    const corrupt = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(Buffer.from('this is not an image at all')),
+    );
+    assert.equal(corrupt.status, 400);
+    assert.equal((corrupt.body as { code: string }).code, 'IMAGE_DECODE_FAILED');
+
+    const png = await drawImage(100, 100, []);
+    const truncated = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(png.subarray(0, png.length / 2)),
+    );
+    assert.equal(truncated.status, 400);
+    assert.equal((truncated.body as { code: string }).code, 'IMAGE_DECODE_FAILED');
+
+    const unknownModel = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(png, { model_id: 'no-such-model' }),
+    );
+    assert.equal(unknownModel.status, 404);
+    assert.equal((unknownModel.body as { code: string }).code, 'MODEL_NOT_FOUND');
+
+    const badField = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(png, { confidence: 3 }),
+    );
+    assert.equal(badField.status, 400);
+    assert.match((badField.body as { message: string }).message, /confidence/);
+
+    const malformed = await fetch(`${stack.url}/infer/object_detection`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"image": ',
+    });
+    assert.equal(malformed.status, 400);
+    assert.equal(((await malformed.json()) as { code: string }).code, 'INVALID_REQUEST');
+
+    const ok = await postJson(
+      stack,
+      '/infer/object_detection',
+      base64Request(await drawImage(480, 360, SCENE)),
+    );
+    assert.equal(ok.status, 200);
+  });
+
+  test('concurrent requests are batched together by the inference process', async () => {
+    const image = await drawImage(480, 360, SCENE);
+    const responses = await Promise.all(
+      Array.from({ length: 16 }, () =>
+        postJson(stack, '/infer/object_detection', base64Request(image)),
+      ),
+    );
+    for (const r of responses) {
+      assert.equal(r.status, 200);
+      assertShapes((r.body as DetectionResponse).predictions, SCENE);
+    }
+    const sizes = logEvents(stack, 'infer', 'batch done').map((e) => e['size'] as number);
+    assert.ok(
+      sizes.some((s) => s > 1),
+      `batch sizes seen: ${sizes.join(', ')}`,
+    );
+    assert.ok(
+      sizes.every((s) => s <= 8),
+      `no batch over MAX_BATCH_SIZE: ${sizes.join(', ')}`,
+    );
+  });
+
+  test('model registry and model/add, as the inference SDK asks', async () => {
+    const registry = (await (await fetch(`${stack.url}/model/registry`)).json()) as {
+      models: unknown[];
+    };
+    assert.deepEqual(registry.models, [
+      {
+        model_id: 'tiny-shapes',
+        task_type: 'object-detection',
+        batch_size: 8,
+        input_height: 320,
+        input_width: 320,
+      },
+    ]);
+    assert.equal((await postJson(stack, '/model/add', { model_id: 'tiny-shapes' })).status, 200);
+    const unknown = await postJson(stack, '/model/add', { model_id: 'coco/3' });
+    assert.equal(unknown.status, 404);
+    assert.equal((await fetch(`${stack.url}/healthz`)).status, 200);
+    assert.equal((await fetch(`${stack.url}/readyz`)).status, 200);
+  });
+
+  test('no per-request keys or finished jobs are left in Redis', async () => {
+    // Give the last deletes a moment; every one happens right after the reply is sent.
+    await new Promise((r) => setTimeout(r, 300));
+    const keys = await keysOf(redis.client, stack.prefix);
+    const leftovers = keys.filter(
+      (k) =>
+        /:(img|px|cand|reply):/.test(k) ||
+        /^[^:]+:(pre|infer|post):[0-9a-f]{8}-[0-9a-f-]{27}$/.test(k),
+    );
+    assert.deepEqual(leftovers, []);
+    for (const queue of ['pre', 'infer', 'post']) {
+      for (const list of ['wait', 'active', 'completed', 'failed', 'delayed']) {
+        const key = `${stack.prefix}:${queue}:${list}`;
+        const type = await redis.client.type(key);
+        const size =
+          type === 'zset'
+            ? await redis.client.zcard(key)
+            : type === 'list'
+              ? await redis.client.llen(key)
+              : 0;
+        assert.equal(size, 0, `${key} holds ${size} entries`);
+      }
+    }
+  });
+});
