@@ -1,15 +1,10 @@
-import { randomUUID } from 'node:crypto';
-import { loadConfigOrExit } from '../../shared/config.js';
 import { encodeCandidates } from '../../shared/candidates.js';
 import { QueueName, contextOf, type InferJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { startHeartbeat } from '../../shared/heartbeat.js';
-import { Keys } from '../../shared/keys.js';
-import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
-import { createLogger } from '../../shared/logger.js';
 import { publishModel } from '../../shared/model-directory.js';
-import { createQueue, createStageWorker, enqueue } from '../../shared/queues.js';
-import { closeRedis, createRedis, execMulti } from '../../shared/redis.js';
+import { createQueue, enqueue } from '../../shared/queues.js';
+import { execMulti } from '../../shared/redis.js';
+import { runStage } from '../../shared/stage-process.js';
 import { Batcher } from './batcher.js';
 import { OnnxModel } from './model.js';
 
@@ -18,11 +13,6 @@ import { OnnxModel } from './model.js';
  * `infer` queue, runs them in dynamic batches (batcher.ts) on the model's own thread, stores
  * each image's compact candidates in Redis and enqueues it on the `post` queue.
  */
-const config = loadConfigOrExit();
-const log = createLogger('infer', config.logLevel);
-const instanceId = randomUUID();
-const keys = new Keys(config.redis.prefix);
-
 interface BatchItem {
   job: InferJob;
   pixels: Buffer;
@@ -34,7 +24,7 @@ interface ItemResult {
   batchSize: number;
 }
 
-try {
+runStage(QueueName.infer, async ({ config, log, keys, client }) => {
   const model = await OnnxModel.load({ ...config.infer });
   const desc = model.description;
   log.info(
@@ -47,11 +37,8 @@ try {
     },
     'model loaded',
   );
-
-  const client = createRedis(config.redis.url, `infer:${instanceId}`, 'worker');
-  const workerConnection = createRedis(config.redis.url, `infer-worker:${instanceId}`, 'worker');
-  const postQueue = createQueue(QueueName.post, client, keys.prefix);
   await publishModel(client, keys, desc);
+  const postQueue = createQueue(QueueName.post, client, keys.prefix);
 
   const batcher = new Batcher<BatchItem, ItemResult>({
     maxBatchSize: model.maxBatch,
@@ -88,15 +75,10 @@ try {
     },
   });
 
-  const worker = createStageWorker({
-    queue: QueueName.infer,
-    connection: workerConnection,
-    client,
-    keys,
+  return {
     // Twice the batch size, so the next batch fills while one runs.
     concurrency: model.maxBatch * 2,
-    logger: log,
-    replyTtlSeconds: config.dataTtlSeconds,
+    heartbeatPayload: JSON.stringify([desc.model_id]),
     process: async (job) => {
       if (job.modelId !== desc.model_id) {
         throw new PipelineError(
@@ -129,34 +111,13 @@ try {
         batchSize: result.batchSize,
       });
     },
-  });
-
-  const heartbeat = await startHeartbeat(
-    client,
-    keys,
-    'infer',
-    instanceId,
-    JSON.stringify([desc.model_id]),
-    (err) => log.warn({ err }, 'heartbeat failed'),
-  );
-  log.info({ concurrency: model.maxBatch * 2, maxBatch: model.maxBatch }, 'infer worker ready');
-
-  handleShutdown(
-    log,
-    once(() =>
-      closeInOrder(log, [
-        ['heartbeat', () => heartbeat.close()],
-        ['worker', () => worker.close()],
-        ['batcher', () => Promise.resolve(batcher.close())],
-        ['model', () => model.close()],
-        ['post queue', () => postQueue.close()],
-        ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
-      ]),
-    ),
-  );
-} catch (err) {
-  exitOnStartupError(log, err);
-}
+    close: [
+      ['batcher', () => Promise.resolve(batcher.close())],
+      ['model', () => model.close()],
+      ['post queue', () => postQueue.close()],
+    ],
+  };
+});
 
 /** Class ids allowed by a class_filter; names the model does not know are ignored. */
 function classIdsOf(filter: string[] | null, names: readonly string[]): number[] | null {

@@ -1,16 +1,9 @@
-import { randomUUID } from 'node:crypto';
 import { decodeCandidates } from '../../shared/candidates.js';
-import { loadConfigOrExit } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { startHeartbeat } from '../../shared/heartbeat.js';
-import { Keys } from '../../shared/keys.js';
-import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
-import { createLogger } from '../../shared/logger.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
-import { createStageWorker } from '../../shared/queues.js';
-import { closeRedis, createRedis } from '../../shared/redis.js';
 import { sendResult } from '../../shared/reply.js';
+import { runStage } from '../../shared/stage-process.js';
 import { buildResponse } from './postprocess.js';
 
 /**
@@ -18,25 +11,11 @@ import { buildResponse } from './postprocess.js';
  * to the original image (postprocess.ts), and pushes the finished response to the reply list
  * of the gateway instance that is waiting for it.
  */
-const config = loadConfigOrExit();
-const log = createLogger('post', config.logLevel);
-const instanceId = randomUUID();
-const keys = new Keys(config.redis.prefix);
-
-try {
-  const client = createRedis(config.redis.url, `post:${instanceId}`, 'worker');
-  const workerConnection = createRedis(config.redis.url, `post-worker:${instanceId}`, 'worker');
+runStage(QueueName.post, ({ config, keys, client }) => {
   const models = new ModelDirectory(client, keys);
-
-  const worker = createStageWorker({
-    queue: QueueName.post,
-    connection: workerConnection,
-    client,
-    keys,
+  return {
     concurrency: config.post.concurrency,
-    logger: log,
-    replyTtlSeconds: config.dataTtlSeconds,
-    process: async (job, jobLog) => {
+    process: async (job, log) => {
       const model = await models.get(job.modelId);
       if (!model)
         throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
@@ -59,28 +38,10 @@ try {
         config.dataTtlSeconds,
       );
       await client.del(keys.candidates(job.id));
-      jobLog.debug(
+      log.debug(
         { detections: response.predictions.length, batchSize: job.batchSize },
         'result sent',
       );
     },
-  });
-
-  const heartbeat = await startHeartbeat(client, keys, 'post', instanceId, '1', (err) =>
-    log.warn({ err }, 'heartbeat failed'),
-  );
-  log.info({ concurrency: config.post.concurrency }, 'post worker ready');
-
-  handleShutdown(
-    log,
-    once(() =>
-      closeInOrder(log, [
-        ['heartbeat', () => heartbeat.close()],
-        ['worker', () => worker.close()],
-        ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
-      ]),
-    ),
-  );
-} catch (err) {
-  exitOnStartupError(log, err);
-}
+  };
+});

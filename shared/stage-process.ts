@@ -1,0 +1,83 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { loadConfigOrExit, type Config } from './config.js';
+import type { QueueName } from './contracts.js';
+import { startHeartbeat } from './heartbeat.js';
+import { Keys } from './keys.js';
+import { closeInOrder, exitOnStartupError, handleShutdown, once } from './lifecycle.js';
+import { createLogger, type Logger } from './logger.js';
+import { createStageWorker, type StageWorkerOptions } from './queues.js';
+import { closeRedis, createRedis } from './redis.js';
+
+/**
+ * The process shell shared by the worker roles (`pre`, `infer`, `post`): configuration,
+ * logger, Redis connections, the stage's BullMQ worker, its heartbeat and an orderly
+ * shutdown. A role's main.ts only says what its stage does.
+ */
+export interface StageContext {
+  config: Config;
+  log: Logger;
+  keys: Keys;
+  instanceId: string;
+  /** Connection for the stage's own commands (data keys, next queue, replies). */
+  client: Redis;
+}
+
+export interface StageDefinition<Q extends QueueName> {
+  concurrency: number;
+  process: StageWorkerOptions<Q>['process'];
+  /** Value of the heartbeat key (default '1'). */
+  heartbeatPayload?: string;
+  /** Cleanup steps run after the worker has finished its active jobs, before Redis closes. */
+  close?: Array<[string, () => Promise<unknown>]>;
+}
+
+export function runStage<Q extends QueueName>(
+  queue: Q,
+  setup: (ctx: StageContext) => StageDefinition<Q> | Promise<StageDefinition<Q>>,
+): void {
+  const config = loadConfigOrExit();
+  const log = createLogger(queue, config.logLevel);
+  const instanceId = randomUUID();
+  const keys = new Keys(config.redis.prefix);
+  void (async () => {
+    const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker');
+    const workerConnection = createRedis(
+      config.redis.url,
+      `${queue}-worker:${instanceId}`,
+      'worker',
+    );
+    const stage = await setup({ config, log, keys, instanceId, client });
+    const worker = createStageWorker({
+      queue,
+      connection: workerConnection,
+      client,
+      keys,
+      concurrency: stage.concurrency,
+      logger: log,
+      replyTtlSeconds: config.dataTtlSeconds,
+      process: stage.process,
+    });
+    const heartbeat = await startHeartbeat(
+      client,
+      keys,
+      queue,
+      instanceId,
+      stage.heartbeatPayload,
+      (err) => log.warn({ err }, 'heartbeat failed'),
+    );
+    log.info({ concurrency: stage.concurrency }, `${queue} worker ready`);
+    handleShutdown(
+      log,
+      once(() =>
+        closeInOrder(log, [
+          ['heartbeat', () => heartbeat.close()],
+          // Stops taking jobs and waits for the active ones.
+          ['worker', () => worker.close()],
+          ...(stage.close ?? []),
+          ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
+        ]),
+      ),
+    );
+  })().catch((err: unknown) => exitOnStartupError(log, err));
+}
