@@ -65,7 +65,9 @@ export function parseQueryRequest(query: Record<string, unknown>, image: Buffer)
   const converted: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(query)) {
     const v = Array.isArray(value) ? (value as unknown[]) : [value];
-    if (key === 'class_filter') {
+    if (key === 'model_id') {
+      converted[key] = String(v[v.length - 1]);
+    } else if (key === 'class_filter') {
       converted[key] = v
         .flatMap((s) => String(s).split(','))
         .map((s) => s.trim())

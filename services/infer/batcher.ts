@@ -106,8 +106,14 @@ export class Batcher<I, O> {
       return;
     }
     this.running = true;
-    this.opts
-      .run(batch.map((w) => w.item))
+    let outputs: Promise<O[]>;
+    try {
+      outputs = this.opts.run(batch.map((w) => w.item));
+    } catch (err) {
+      // A run that throws instead of rejecting must still settle its items.
+      outputs = Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    outputs
       .then(
         (outputs) => {
           batch.forEach((w, i) => {

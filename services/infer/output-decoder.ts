@@ -41,7 +41,10 @@ export function decodeYolov8(
     }
   }
   const kept: number[] = [];
-  for (let a = 0; a < anchors; a++) if (bestScore[a]! >= filter.confidence) kept.push(a);
+  // Scores are float32: compare with the threshold rounded the same way, so a score equal to it
+  // is kept.
+  const threshold = Math.fround(filter.confidence);
+  for (let a = 0; a < anchors; a++) if (bestScore[a]! >= threshold) kept.push(a);
   if (kept.length > filter.maxCandidates) {
     kept.sort((i, j) => bestScore[j]! - bestScore[i]! || i - j);
     kept.length = filter.maxCandidates;

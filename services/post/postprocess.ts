@@ -22,10 +22,12 @@ export interface PostprocessInput {
 export function buildResponse(input: PostprocessInput): DetectionResponse {
   const { params, letterbox, classNames } = input;
   const allowed = params.classFilter ? new Set(params.classFilter) : null;
+  // Candidate scores are float32 (see output-decoder.ts): compare with the threshold rounded
+  // the same way.
+  const threshold = Math.fround(params.confidence);
   const eligible = input.candidates
     .filter(
-      (c) =>
-        c.score >= params.confidence && (!allowed || allowed.has(className(classNames, c.classId))),
+      (c) => c.score >= threshold && (!allowed || allowed.has(className(classNames, c.classId))),
     )
     .sort((a, b) => b.score - a.score)
     .slice(0, params.maxCandidates);

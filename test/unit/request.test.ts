@@ -321,3 +321,9 @@ void test('parseQueryRequest: bad numbers and booleans are rejected', () => {
 void test('parseQueryRequest: an empty image buffer is rejected', () => {
   assertInvalid(() => parseQueryRequest({}, Buffer.alloc(0)), /empty/);
 });
+
+void test('parseQueryRequest keeps model_id a string even when it looks like a number', () => {
+  const parsed = parseQueryRequest({ model_id: '123', confidence: '0.5' }, Buffer.from([1, 2, 3]));
+  assert.equal(parsed.modelId, '123');
+  assert.equal(parsed.params.confidence, 0.5);
+});
