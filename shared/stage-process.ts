@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { loadConfigOrExit, type Config } from './config.js';
 import type { QueueName } from './contracts.js';
@@ -38,7 +39,8 @@ export function runStage<Q extends QueueName>(
 ): void {
   const config = loadConfigOrExit();
   const log = createLogger(queue, config.logLevel);
-  const instanceId = randomUUID();
+  // Starts with the host name, so a container's healthcheck can find its own heartbeat.
+  const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   const keys = new Keys(config.redis.prefix);
   void (async () => {
     const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker');
