@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { basename, extname } from 'node:path';
 import { z } from 'zod';
 
@@ -32,6 +33,12 @@ const EnvSchema = z.object({
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
   MAX_BODY_BYTES: int(16 * 1024 * 1024, 1024),
   MAX_IMAGES_PER_REQUEST: int(16, 1, 1024),
+  /** Processes `npm start` runs per role; the worker defaults follow the core count. */
+  NUM_WORKERS: int(1, 1, 64),
+  NUM_PRE_WORKERS: int(Math.max(1, Math.floor(availableParallelism() / 2)), 1, 256),
+  NUM_POST_WORKERS: int(1, 1, 256),
+  /** How long a stopping process may take to finish its in-flight work. */
+  DRAIN_TIMEOUT_MS: int(15_000, 0, 600_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -55,6 +62,8 @@ export interface Config {
   /** Lifetime of every per-request Redis key: the request deadline plus a margin. */
   dataTtlSeconds: number;
   logLevel: Env['LOG_LEVEL'];
+  supervisor: { gatewayProcesses: number; preProcesses: number; postProcesses: number };
+  drainTimeoutMs: number;
 }
 
 /** Model id served when no MODEL_PATH is given: the project's generated tiny detector. */
@@ -99,6 +108,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     dataTtlSeconds: Math.ceil(e.REQUEST_TIMEOUT_MS / 1000) + 60,
     logLevel: e.LOG_LEVEL,
+    supervisor: {
+      gatewayProcesses: e.NUM_WORKERS,
+      preProcesses: e.NUM_PRE_WORKERS,
+      postProcesses: e.NUM_POST_WORKERS,
+    },
+    drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
   };
 }
 

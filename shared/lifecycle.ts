@@ -2,9 +2,9 @@ import type { Logger } from './logger.js';
 
 /**
  * Process lifecycle: signal handlers are registered once; the first SIGINT/SIGTERM starts a
- * graceful shutdown, a second one (or the timeout) forces the exit.
+ * graceful shutdown, a second one (or the timeout, DRAIN_TIMEOUT_MS) forces the exit.
  */
-export function handleShutdown(log: Logger, close: () => Promise<void>, timeoutMs = 10_000): void {
+export function handleShutdown(log: Logger, close: () => Promise<void>, timeoutMs: number): void {
   let shuttingDown = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (shuttingDown) {

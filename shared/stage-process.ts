@@ -80,6 +80,7 @@ export function runStage<Q extends QueueName>(
           ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
         ]),
       ),
+      config.drainTimeoutMs,
     );
   })().catch((err: unknown) => exitOnStartupError(log, err));
 }

@@ -1,22 +1,33 @@
+import cluster from 'node:cluster';
 import { randomUUID } from 'node:crypto';
-import { loadConfigOrExit } from '../../shared/config.js';
+import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
 import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
-import { createLogger } from '../../shared/logger.js';
+import { createLogger, type Logger } from '../../shared/logger.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue } from '../../shared/queues.js';
 import { closeRedis, createRedis } from '../../shared/redis.js';
 import { ResultWaiter } from './result-waiter.js';
 import { buildServer } from './server.js';
 
-/** The gateway role: the HTTP API in front of the pipeline. */
+/**
+ * The gateway role: the HTTP API in front of the pipeline. With NUM_WORKERS > 1 this process
+ * becomes a cluster primary that runs that many gateway processes sharing the port (each with
+ * its own reply list), and restarts any that dies.
+ */
 const config = loadConfigOrExit();
 const log = createLogger('gateway', config.logLevel);
-const gatewayId = randomUUID();
-const keys = new Keys(config.redis.prefix);
 
-try {
+if (cluster.isPrimary && config.supervisor.gatewayProcesses > 1) {
+  runPrimary(config.supervisor.gatewayProcesses, log);
+} else {
+  serve(config, log).catch((err: unknown) => exitOnStartupError(log, err));
+}
+
+async function serve(config: Config, log: Logger): Promise<void> {
+  const gatewayId = randomUUID();
+  const keys = new Keys(config.redis.prefix);
   const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client');
   const replies = createRedis(config.redis.url, `gateway-replies:${gatewayId}`, 'worker');
   const preQueue = createQueue(QueueName.pre, redis, keys.prefix);
@@ -46,7 +57,29 @@ try {
         ['redis', () => closeRedis(redis)],
       ]),
     ),
+    config.drainTimeoutMs,
   );
-} catch (err) {
-  exitOnStartupError(log, err);
+}
+
+function runPrimary(count: number, log: Logger): void {
+  let stopping = false;
+  const fork = () => cluster.fork();
+  for (let i = 0; i < count; i++) fork();
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
+      return;
+    }
+    log.warn({ pid: worker.process.pid, code, signal }, 'gateway process exited; restarting');
+    setTimeout(fork, 500);
+  });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      if (stopping) process.exit(1);
+      stopping = true;
+      const workers = Object.values(cluster.workers ?? {});
+      if (workers.length === 0) process.exit(0);
+      for (const w of workers) w?.process.kill('SIGTERM');
+    });
+  }
 }

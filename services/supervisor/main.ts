@@ -1,71 +1,172 @@
 import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { Redis } from 'ioredis';
 import { loadConfigOrExit } from '../../shared/config.js';
+import { listAlive } from '../../shared/heartbeat.js';
+import { Keys } from '../../shared/keys.js';
 import { createLogger } from '../../shared/logger.js';
-import { spawnRole, startRedisServer, stopProcess, waitForRedis, type Role } from './processes.js';
+import { startRedisServer, stopProcess, waitForRedis, type Role } from './processes.js';
+import { Supervised } from './supervised.js';
 
 /**
- * `npm start`: runs the whole stack on this machine, every role as its own process, all
- * connected only through Redis. Without REDIS_URL it starts a private redis-server first. It
- * prints the URL once the gateway reports ready, and stops everything it started (gateway
- * first, Redis last) on SIGINT/SIGTERM or when any role dies.
+ * `npm start`: runs the whole stack on this machine, every role as its own process, connected
+ * only through Redis.
+ *
+ * Startup is coordinated: Redis (a private redis-server when REDIS_URL is unset) → the
+ * inference process with its model loaded → the `pre` and `post` workers → the gateway, each
+ * step waiting for the heartbeats of the processes it started. A startup failure ends with one
+ * line saying what is wrong. Once running, a process that dies is restarted with backoff
+ * (supervised.ts). SIGINT/SIGTERM stops the gateway first (it finishes in-flight requests
+ * within DRAIN_TIMEOUT_MS), then the workers, the model and Redis last; a second signal forces.
  */
 const config = loadConfigOrExit();
 const log = createLogger('supervisor', config.logLevel);
+const keys = new Keys(config.redis.prefix);
 
-const children: Array<{ role: Role; process: ChildProcess }> = [];
+class StartupError extends Error {
+  override readonly name = 'StartupError';
+}
+
+const processes: Supervised[] = [];
 let redisProcess: ChildProcess | undefined;
 let stopping: Promise<void> | undefined;
+let lastStartupLine: string | undefined;
 
 async function main(): Promise<void> {
   let redisUrl = process.env['REDIS_URL'];
   if (redisUrl) {
-    await waitForRedis(redisUrl, 10_000);
+    await waitForRedis(redisUrl, 10_000).catch(() => {
+      throw new StartupError(`Redis at ${redisUrl} does not answer: start it or fix REDIS_URL`);
+    });
   } else {
     const redis = await startRedisServer();
     redisProcess = redis.process;
     redisUrl = redis.url;
     log.info({ redisUrl }, 'private redis-server started');
   }
+  await checkPortFree(config.gateway.host, config.gateway.port);
+
   const env = { ...process.env, REDIS_URL: redisUrl };
-  // The inference process first: the other roles read the model description it publishes.
-  for (const role of ['infer', 'pre', 'post', 'gateway'] as const) {
-    const child = spawnRole(role, env);
-    children.push({ role, process: child });
-    child.once('exit', (code, signal) => {
-      if (stopping) return;
-      log.error({ role, code, signal }, `${role} exited unexpectedly; stopping the stack`);
-      void shutdown(1);
-    });
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  try {
+    await startRole('infer', 1, env, redis, 120_000);
+    await Promise.all([
+      startRole('pre', config.supervisor.preProcesses, env, redis, 30_000),
+      startRole('post', config.supervisor.postProcesses, env, redis, 30_000),
+    ]);
+  } finally {
+    redis.disconnect();
   }
+  const gateway = startProcesses('gateway', 1, {
+    ...env,
+    NUM_WORKERS: String(config.supervisor.gatewayProcesses),
+  });
   const url = `http://${config.gateway.host === '0.0.0.0' ? '127.0.0.1' : config.gateway.host}:${config.gateway.port}`;
-  await waitReady(`${url}/readyz`, 120_000);
+  await waitFor(gateway, 'the gateway', 30_000, async () => {
+    try {
+      return (await fetch(`${url}/readyz`)).ok;
+    } catch {
+      return false;
+    }
+  });
   const registry = (await (await fetch(`${url}/model/registry`)).json()) as {
     models: Array<{ model_id: string }>;
   };
-  const models = registry.models.map((m) => m.model_id).join(', ');
-  process.stdout.write(`\nstaged-detect is ready at ${url}  (model: ${models})\n\n`);
+  const counts = `gateway×${config.supervisor.gatewayProcesses} pre×${config.supervisor.preProcesses} infer×1 post×${config.supervisor.postProcesses}`;
+  process.stdout.write(
+    `\nstaged-detect is ready at ${url}  model: ${registry.models.map((m) => m.model_id).join(', ')}  (${counts})\n\n`,
+  );
 }
 
-async function waitReady(url: string, timeoutMs: number): Promise<void> {
+function startProcesses(role: Role, count: number, env: NodeJS.ProcessEnv): Supervised[] {
+  const started = Array.from(
+    { length: count },
+    (_, i) =>
+      new Supervised({
+        role,
+        index: i + 1,
+        env,
+        log,
+        onGiveUp: (name, crashes) => {
+          process.stderr.write(
+            `${name} keeps crashing (${crashes} times in a minute; see its log above): stopping the stack\n`,
+          );
+          void shutdown(1);
+        },
+        onStderrLine: (line) => {
+          // The supervisor reports a startup failure itself, in one line.
+          if (!line.startsWith('startup failed:')) return false;
+          lastStartupLine = `${role}: ${line.slice(16).trim()}`;
+          return true;
+        },
+      }),
+  );
+  processes.push(...started);
+  return started;
+}
+
+/** Starts `count` processes of a worker role and waits for each one's heartbeat. */
+async function startRole(
+  role: Role,
+  count: number,
+  env: NodeJS.ProcessEnv,
+  redis: Redis,
+  timeoutMs: number,
+) {
+  const started = startProcesses(role, count, env);
+  await waitFor(started, `the ${role} process`, timeoutMs, async () => {
+    const alive = [...(await listAlive(redis, keys, role)).keys()];
+    return started.every((p) => alive.some((id) => id.includes(`-${p.pid}-`)));
+  });
+}
+
+/** Polls `ready` until true; fails at once if one of the processes exits meanwhile. */
+async function waitFor(
+  started: Supervised[],
+  what: string,
+  timeoutMs: number,
+  ready: () => Promise<boolean>,
+) {
+  let exited = false;
+  for (const p of started) void p.exited().then(() => (exited = true));
   const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    if (stopping) return;
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch {
-      // Not listening yet.
-    }
-    await new Promise((r) => setTimeout(r, 200));
+  while (!exited && !stopping) {
+    if (await ready()) return;
+    if (Date.now() > until)
+      throw new StartupError(`${what} did not become ready within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`the stack did not become ready within ${timeoutMs / 1000} s (see ${url})`);
+  if (!stopping)
+    throw new StartupError(lastStartupLine ?? `${what} exited during startup (see its log above)`);
+}
+
+async function checkPortFree(host: string, port: number): Promise<void> {
+  const server = createServer();
+  try {
+    server.listen(port, host);
+    await once(server, 'listening');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new StartupError(
+      code === 'EADDRINUSE'
+        ? `port ${port} on ${host} is taken: stop what uses it or set PORT to a free port`
+        : `cannot listen on ${host}:${port} (${code ?? String(err)}): check HOST and PORT`,
+    );
+  } finally {
+    server.close();
+  }
 }
 
 function shutdown(code: number): Promise<void> {
   stopping ??= (async () => {
-    // Intake first, the model last, Redis after everything that uses it.
-    const order: Role[] = ['gateway', 'pre', 'post', 'infer'];
-    for (const role of order) {
-      await Promise.all(children.filter((c) => c.role === role).map((c) => stopProcess(c.process)));
+    // Intake first (the gateway drains its in-flight requests), the model last, Redis after
+    // everything that uses it.
+    const grace = config.drainTimeoutMs + 5000;
+    for (const roles of [['gateway'], ['pre', 'post'], ['infer']]) {
+      await Promise.all(
+        processes.filter((p) => roles.includes(p.name.split('#')[0]!)).map((p) => p.stop(grace)),
+      );
     }
     if (redisProcess) await stopProcess(redisProcess);
     process.exit(code);
@@ -76,7 +177,12 @@ function shutdown(code: number): Promise<void> {
 let signals = 0;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {
-    if (++signals > 1) process.exit(1);
+    if (++signals > 1) {
+      log.warn({ signal }, 'second signal: killing every process');
+      for (const p of processes) p.kill();
+      redisProcess?.kill('SIGKILL');
+      process.exit(1);
+    }
     log.info({ signal }, 'stopping the stack');
     void shutdown(0);
   });

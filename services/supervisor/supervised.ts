@@ -1,0 +1,98 @@
+import type { ChildProcess } from 'node:child_process';
+import type { Logger } from '../../shared/logger.js';
+import { spawnRole, stopProcess, type Role } from './processes.js';
+
+/**
+ * One role process under supervision. An exit nobody asked for is a crash: the process is
+ * started again after a backoff that doubles with each recent crash (0.5 s, 1 s, 2 s … 10 s).
+ * A process that crashes more than MAX_CRASHES times within CRASH_WINDOW_MS is given up on,
+ * so a broken setup stops with a clear error instead of restarting forever.
+ */
+export const MAX_CRASHES = 5;
+export const CRASH_WINDOW_MS = 60_000;
+
+export interface SupervisedOptions {
+  role: Role;
+  index: number;
+  env: NodeJS.ProcessEnv;
+  log: Logger;
+  /** Called once when the process keeps crashing. */
+  onGiveUp: (name: string, crashes: number) => void;
+  /** Sees each line the process writes to stderr; the line is passed through unless it returns true. */
+  onStderrLine?: (line: string) => boolean;
+}
+
+export class Supervised {
+  readonly name: string;
+  private child: ChildProcess;
+  private crashes: number[] = [];
+  private restartTimer: NodeJS.Timeout | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(private readonly opts: SupervisedOptions) {
+    this.name = `${opts.role}#${opts.index}`;
+    this.child = this.start();
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  /** Resolves when the current process exits (immediately if it already has). */
+  exited(): Promise<number | null> {
+    const c = this.child;
+    if (c.exitCode !== null || c.signalCode !== null) return Promise.resolve(c.exitCode);
+    return new Promise((resolve) => c.once('exit', (code) => resolve(code)));
+  }
+
+  /** Stops the process (SIGTERM, SIGKILL after timeoutMs) and any pending restart. Idempotent. */
+  stop(timeoutMs: number): Promise<void> {
+    this.stopping ??= (async () => {
+      if (this.restartTimer) clearTimeout(this.restartTimer);
+      await stopProcess(this.child, timeoutMs);
+    })();
+    return this.stopping;
+  }
+
+  kill(): void {
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    this.stopping ??= Promise.resolve();
+    this.child.kill('SIGKILL');
+  }
+
+  private start(): ChildProcess {
+    const child = spawnRole(this.opts.role, this.opts.env, ['ignore', 'inherit', 'pipe']);
+    let partial = '';
+    child.stderr?.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString('utf8')).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!this.opts.onStderrLine?.(line)) process.stderr.write(`${line}\n`);
+      }
+    });
+    child.once('exit', (code, signal) => this.onExit(code, signal));
+    return child;
+  }
+
+  private onExit(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.stopping) return;
+    const now = Date.now();
+    this.crashes = [...this.crashes.filter((t) => now - t < CRASH_WINDOW_MS), now];
+    if (this.crashes.length > MAX_CRASHES) {
+      this.opts.onGiveUp(this.name, this.crashes.length);
+      return;
+    }
+    const delay = Math.min(500 * 2 ** (this.crashes.length - 1), 10_000);
+    this.opts.log.warn(
+      { process: this.name, code, signal, restartInMs: delay },
+      `${this.name} exited; restarting`,
+    );
+    this.restartTimer = setTimeout(() => {
+      this.child = this.start();
+      this.opts.log.info(
+        { process: this.name, childPid: this.child.pid },
+        `${this.name} restarted`,
+      );
+    }, delay);
+  }
+}
