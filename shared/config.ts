@@ -20,6 +20,8 @@ const EnvSchema = z.object({
     .default('sd'),
   HOST: z.string().min(1).default('0.0.0.0'),
   PORT: int(9001, 0, 65535),
+  /** Port of /metrics for the worker roles (the gateway serves it on PORT); 0 picks a free one. */
+  METRICS_PORT: int(9464, 0, 65535),
   PRE_CONCURRENCY: int(2, 1, 256),
   POST_CONCURRENCY: int(8, 1, 1024),
   MAX_BATCH_SIZE: int(8, 1, 1024),
@@ -48,6 +50,7 @@ export type Env = z.infer<typeof EnvSchema>;
 export interface Config {
   redis: { url: string; prefix: string };
   gateway: { host: string; port: number; maxBodyBytes: number; maxImagesPerRequest: number };
+  metricsPort: number;
   pre: { concurrency: number };
   post: { concurrency: number };
   infer: {
@@ -95,6 +98,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
     },
+    metricsPort: e.METRICS_PORT,
     pre: { concurrency: e.PRE_CONCURRENCY },
     post: { concurrency: e.POST_CONCURRENCY },
     infer: {

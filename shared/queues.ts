@@ -4,6 +4,7 @@ import type { JobPayloads, QueueName } from './contracts.js';
 import { ErrorCode, PipelineError, toErrorBody } from './errors.js';
 import type { Keys } from './keys.js';
 import type { Logger } from './logger.js';
+import type { StageMetrics } from './metrics.js';
 import { sendResult } from './reply.js';
 
 /**
@@ -53,6 +54,7 @@ export interface StageWorkerOptions<Q extends QueueName> {
   replyTtlSeconds: number;
   /** How long a job's lock lasts without renewal; BullMQ's default is 30 s. */
   lockDurationMs?: number;
+  metrics: StageMetrics;
   process: (data: JobPayloads[Q], log: Logger, job: Job<JobPayloads[Q]>) => Promise<void>;
 }
 
@@ -71,6 +73,13 @@ export function createStageWorker<Q extends QueueName>(
     async (job) => {
       const data = job.data;
       const log = logger.child({ inference_id: data.id, stage: opts.queue });
+      const stage = { stage: opts.queue };
+      const started = Date.now();
+      opts.metrics.queueWait.observe(
+        stage,
+        Math.max(0, (job.processedOn ?? started) - job.timestamp) / 1000,
+      );
+      if (job.attemptsStarted > 1) opts.metrics.retried.inc(stage);
       try {
         if (Date.now() > data.deadline) {
           throw new PipelineError(
@@ -79,10 +88,13 @@ export function createStageWorker<Q extends QueueName>(
           );
         }
         await opts.process(data, log, job);
+        opts.metrics.processing.observe(stage, (Date.now() - started) / 1000);
+        opts.metrics.completed.inc(stage);
       } catch (err) {
         const unrecoverable = err instanceof PipelineError && err.unrecoverable;
         const final = unrecoverable || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         const error = toErrorBody(err);
+        opts.metrics.failed.inc({ ...stage, code: error.code });
         log.warn({ err, code: error.code, attempt: job.attemptsMade + 1, final }, 'job failed');
         if (final) {
           await sendResult(
@@ -109,5 +121,9 @@ export function createStageWorker<Q extends QueueName>(
     },
   );
   worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  worker.on('stalled', (jobId) => {
+    opts.metrics.stalled.inc({ stage: opts.queue });
+    logger.warn({ inference_id: jobId, stage: opts.queue }, 'stalled job put back in the queue');
+  });
   return worker;
 }

@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
+import type { Registry } from 'prom-client';
 import { loadConfigOrExit, type Config } from './config.js';
 import type { QueueName } from './contracts.js';
 import { startHeartbeat } from './heartbeat.js';
 import { Keys } from './keys.js';
 import { closeInOrder, exitOnStartupError, handleShutdown, once } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
-import { createStageWorker, type StageWorkerOptions } from './queues.js';
+import { createRegistry, registerQueueGauge, serveMetrics, StageMetrics } from './metrics.js';
+import { createQueue, createStageWorker, type StageWorkerOptions } from './queues.js';
 import { closeRedis, createRedis } from './redis.js';
 
 /**
@@ -22,6 +24,8 @@ export interface StageContext {
   instanceId: string;
   /** Connection for the stage's own commands (data keys, next queue, replies). */
   client: Redis;
+  /** The process's metrics registry, served on METRICS_PORT. */
+  registry: Registry;
 }
 
 export interface StageDefinition<Q extends QueueName> {
@@ -49,8 +53,18 @@ export function runStage<Q extends QueueName>(
       `${queue}-worker:${instanceId}`,
       'worker',
     );
-    const stage = await setup({ config, log, keys, instanceId, client });
+    const registry = createRegistry(queue);
+    const stage = await setup({ config, log, keys, instanceId, client, registry });
+    const ownQueue = createQueue(queue, client, keys.prefix);
+    registerQueueGauge(registry, [ownQueue]);
+    const metricsServer = await serveMetrics(
+      registry,
+      config.gateway.host,
+      config.metricsPort,
+      log,
+    );
     const worker = createStageWorker({
+      metrics: new StageMetrics(registry),
       queue,
       connection: workerConnection,
       client,
@@ -77,6 +91,8 @@ export function runStage<Q extends QueueName>(
           // Stops taking jobs and waits for the active ones.
           ['worker', () => worker.close()],
           ...(stage.close ?? []),
+          ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
+          ['queue', () => ownQueue.close()],
           ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
         ]),
       ),

@@ -5,9 +5,11 @@ import { QueueName } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
 import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
 import { createLogger, type Logger } from '../../shared/logger.js';
+import { createRegistry, registerQueueGauge } from '../../shared/metrics.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue } from '../../shared/queues.js';
 import { closeRedis, createRedis } from '../../shared/redis.js';
+import { GatewayMetrics } from './metrics.js';
 import { ResultWaiter } from './result-waiter.js';
 import { buildServer } from './server.js';
 
@@ -33,6 +35,11 @@ async function serve(config: Config, log: Logger): Promise<void> {
   const preQueue = createQueue(QueueName.pre, redis, keys.prefix);
   const waiter = new ResultWaiter(replies, keys.replies(gatewayId), log);
   waiter.start();
+  // The gateway also reports the depth of every queue; the worker roles report only their own.
+  const inferQueue = createQueue(QueueName.infer, redis, keys.prefix);
+  const postQueue = createQueue(QueueName.post, redis, keys.prefix);
+  const registry = createRegistry('gateway');
+  registerQueueGauge(registry, [preQueue, inferQueue, postQueue]);
   const app = buildServer({
     config,
     gatewayId,
@@ -42,6 +49,8 @@ async function serve(config: Config, log: Logger): Promise<void> {
     waiter,
     models: new ModelDirectory(redis, keys),
     log,
+    registry,
+    metrics: new GatewayMetrics(registry),
   });
   const address = await app.listen({ host: config.gateway.host, port: config.gateway.port });
   log.info({ address, gatewayId }, 'gateway listening');
@@ -53,7 +62,7 @@ async function serve(config: Config, log: Logger): Promise<void> {
         // close() stops accepting connections and waits for in-flight requests to answer.
         ['http', () => app.close()],
         ['waiter', () => waiter.close()],
-        ['pre queue', () => preQueue.close()],
+        ['queues', () => Promise.all([preQueue.close(), inferQueue.close(), postQueue.close()])],
         ['redis', () => closeRedis(redis)],
       ]),
     ),

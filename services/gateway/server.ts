@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import multipart from '@fastify/multipart';
 import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
+import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
 import type { DetectionResponse, ModelDescription, PreJob } from '../../shared/contracts.js';
 import { ErrorCode, HTTP_STATUS, PipelineError, type ErrorBody } from '../../shared/errors.js';
@@ -12,6 +13,7 @@ import type { ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
+import type { GatewayMetrics } from './metrics.js';
 import type { ResultWaiter } from './result-waiter.js';
 
 /**
@@ -28,19 +30,19 @@ export interface GatewayDeps {
   waiter: ResultWaiter;
   models: ModelDirectory;
   log: Logger;
-}
-
-/** One log line per request, when it completes (with its status and duration). */
-class CompletedRequestsOnly extends LogController {
-  override incomingRequest(): void {}
+  registry: Registry;
+  metrics: GatewayMetrics;
 }
 
 export function buildServer(deps: GatewayDeps) {
   const { config, keys, redis, models } = deps;
+  // The inference ids of each request, for its log line.
+  const inferenceIds = new WeakMap<FastifyRequest, string[]>();
   const app = Fastify({
     loggerInstance: deps.log,
     bodyLimit: config.gateway.maxBodyBytes,
-    logController: new CompletedRequestsOnly(),
+    // One line per request is logged by the onResponse hook below, with its inference ids.
+    logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
   });
 
@@ -51,8 +53,31 @@ export function buildServer(deps: GatewayDeps) {
     (_req, body, done) => done(null, body),
   );
 
+  const { metrics } = deps;
+  app.addHook('onRequest', (req, _reply, done) => {
+    metrics.inFlight.inc();
+    done();
+  });
+  app.addHook('onResponse', (req, reply, done) => {
+    metrics.inFlight.dec();
+    const labels = {
+      route: req.routeOptions.url ?? 'unmatched',
+      method: req.method,
+      status_code: String(reply.statusCode),
+    };
+    const seconds = reply.elapsedTime / 1000;
+    metrics.requests.inc(labels);
+    metrics.duration.observe(labels, seconds);
+    req.log.info(
+      { ...labels, ms: Math.round(reply.elapsedTime), inference_ids: inferenceIds.get(req) },
+      'request done',
+    );
+    done();
+  });
+
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const body = toHttpError(err);
+    metrics.errors.inc({ code: body.code });
     const status = HTTP_STATUS[body.code];
     if (status >= 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send(body);
@@ -66,8 +91,14 @@ export function buildServer(deps: GatewayDeps) {
   app.post('/infer/object_detection', async (req) => {
     const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
     const modelId = resolveModelId(parsed.modelId, await models.all());
-    const results = await runPipeline(deps, parsed, modelId);
+    metrics.imagesPerRequest.observe(parsed.images.length);
+    const results = await runPipeline(deps, parsed, modelId, (ids) => inferenceIds.set(req, ids));
     return parsed.isList ? results : results[0];
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    void reply.header('content-type', deps.registry.contentType);
+    return deps.registry.metrics();
   });
 
   app.get('/model/registry', async () => ({
@@ -144,6 +175,7 @@ async function runPipeline(
   deps: GatewayDeps,
   parsed: ParsedRequest,
   modelId: string,
+  onIds: (ids: string[]) => void,
 ): Promise<DetectionResponse[]> {
   const { config, keys, redis, waiter } = deps;
   const receivedAt = Date.now();
@@ -158,7 +190,13 @@ async function runPipeline(
     autoOrient: parsed.autoOrient,
     source: img.kind === 'url' ? { kind: 'url', url: img.url } : { kind: 'stored' },
   }));
-  const waits = jobs.map((job) => waiter.wait(job.id, deadline));
+  onIds(jobs.map((j) => j.id));
+  const waits = jobs.map((job) =>
+    waiter.wait(job.id, deadline).then((response) => {
+      deps.metrics.imageLatency.observe({ model_id: modelId }, (Date.now() - receivedAt) / 1000);
+      return response;
+    }),
+  );
   try {
     const store = redis.multi();
     parsed.images.forEach((img, i) => {

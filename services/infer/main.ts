@@ -6,6 +6,7 @@ import { createQueue, enqueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { Batcher } from './batcher.js';
+import { InferenceMetrics } from './metrics.js';
 import { OnnxModel } from './model.js';
 
 /**
@@ -24,7 +25,7 @@ interface ItemResult {
   batchSize: number;
 }
 
-runStage(QueueName.infer, async ({ config, log, keys, client }) => {
+runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
   const model = await OnnxModel.load({ ...config.infer });
   const desc = model.description;
   log.info(
@@ -37,6 +38,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client }) => {
     },
     'model loaded',
   );
+  const metrics = new InferenceMetrics(registry, desc, model.loadMs / 1000);
   await publishModel(client, keys, desc);
   const postQueue = createQueue(QueueName.post, client, keys.prefix);
 
@@ -60,6 +62,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client }) => {
             maxCandidates: i.job.params.maxCandidates,
           })),
         );
+        metrics.batch(items.length, out.timings);
         log.debug({ size: items.length, ...out.timings }, 'batch done');
         return out.candidates.map((candidates) => ({
           candidates,

@@ -79,6 +79,26 @@ async function main(): Promise<void> {
   );
 }
 
+/**
+ * Each worker process on this machine gets its own /metrics port: the inference process
+ * METRICS_PORT, then the pre processes, then the post processes (0 keeps every port free-picked).
+ */
+function metricsPort(role: Role, index: number): number {
+  const base = config.metricsPort;
+  if (base === 0) return 0;
+  const pre = config.supervisor.preProcesses;
+  switch (role) {
+    case 'infer':
+      return base;
+    case 'pre':
+      return base + 1 + index;
+    case 'post':
+      return base + 1 + pre + index;
+    case 'gateway':
+      return 0;
+  }
+}
+
 function startProcesses(role: Role, count: number, env: NodeJS.ProcessEnv): Supervised[] {
   const started = Array.from(
     { length: count },
@@ -86,7 +106,7 @@ function startProcesses(role: Role, count: number, env: NodeJS.ProcessEnv): Supe
       new Supervised({
         role,
         index: i + 1,
-        env,
+        env: { ...env, METRICS_PORT: String(metricsPort(role, i)) },
         log,
         onGiveUp: (name, crashes) => {
           process.stderr.write(

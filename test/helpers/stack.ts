@@ -70,6 +70,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     HOST: '127.0.0.1',
     PORT: String(port),
     LOG_LEVEL: 'debug',
+    // Several workers share this machine: each takes a free metrics port (logged at startup).
+    METRICS_PORT: '0',
     ...opts.env,
   };
   const roles: RunningRole[] = [];

@@ -73,6 +73,14 @@ test('a separately started pre/post group joins a running stack and serves it', 
     logEvents(stack, role, msg)
       .filter((e) => joined.some((j) => j.role === role && j.process.pid === e['pid']))
       .map((e) => e['inference_id']);
+  // Log lines may land a moment after the response they describe.
+  const processedAll = () =>
+    ids.every(
+      (id) =>
+        byJoined('pre', 'preprocessed').includes(id) &&
+        byJoined('post', 'result sent').includes(id),
+    );
+  for (let i = 0; i < 50 && !processedAll(); i++) await new Promise((res) => setTimeout(res, 100));
   for (const id of ids) {
     assert.ok(byJoined('pre', 'preprocessed').includes(id), `new pre did not process ${id}`);
     assert.ok(byJoined('post', 'result sent').includes(id), `new post did not process ${id}`);
