@@ -1,4 +1,4 @@
-import { encodeCandidates } from '../../shared/candidates.js';
+import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
 import { QueueName, contextOf, type InferJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { publishModel } from '../../shared/model-directory.js';
@@ -82,7 +82,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
     // Twice the batch size, so the next batch fills while one runs.
     concurrency: model.maxBatch * 2,
     heartbeatPayload: JSON.stringify([desc.model_id]),
-    process: async (job) => {
+    process: async (job, jobLog) => {
       if (job.modelId !== desc.model_id) {
         throw new PipelineError(
           ErrorCode.MODEL_NOT_FOUND,
@@ -113,6 +113,10 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
         inferStartedAt: result.startedAt,
         batchSize: result.batchSize,
       });
+      jobLog.debug(
+        { batchSize: result.batchSize, candidates: result.candidates.length / CANDIDATE_STRIDE },
+        'inferred',
+      );
     },
     close: [
       ['batcher', () => Promise.resolve(batcher.close())],
