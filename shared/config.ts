@@ -20,6 +20,8 @@ const EnvSchema = z.object({
     .default('sd'),
   HOST: z.string().min(1).default('0.0.0.0'),
   PORT: int(9001, 0, 65535),
+  /** Bull Board at /admin/queues: off, readonly or full (retry, clean, remove jobs). */
+  QUEUE_DASHBOARD: z.enum(['off', 'readonly', 'full']).default('readonly'),
   /** Port of /metrics for the worker roles (the gateway serves it on PORT); 0 picks a free one. */
   METRICS_PORT: int(9464, 0, 65535),
   PRE_CONCURRENCY: int(2, 1, 256),
@@ -49,7 +51,13 @@ export type Env = z.infer<typeof EnvSchema>;
 /** Typed, nested configuration derived from the environment. */
 export interface Config {
   redis: { url: string; prefix: string };
-  gateway: { host: string; port: number; maxBodyBytes: number; maxImagesPerRequest: number };
+  gateway: {
+    host: string;
+    port: number;
+    maxBodyBytes: number;
+    maxImagesPerRequest: number;
+    queueDashboard: 'off' | 'readonly' | 'full';
+  };
   metricsPort: number;
   pre: { concurrency: number };
   post: { concurrency: number };
@@ -97,6 +105,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       port: e.PORT,
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
+      queueDashboard: e.QUEUE_DASHBOARD,
     },
     metricsPort: e.METRICS_PORT,
     pre: { concurrency: e.PRE_CONCURRENCY },

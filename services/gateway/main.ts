@@ -40,12 +40,13 @@ async function serve(config: Config, log: Logger): Promise<void> {
   const postQueue = createQueue(QueueName.post, redis, keys.prefix);
   const registry = createRegistry('gateway');
   registerQueueGauge(registry, [preQueue, inferQueue, postQueue]);
-  const app = buildServer({
+  const app = await buildServer({
     config,
     gatewayId,
     keys,
     redis,
     preQueue,
+    queues: [preQueue, inferQueue, postQueue],
     waiter,
     models: new ModelDirectory(redis, keys),
     log,

@@ -24,14 +24,38 @@ const ImageSchema = z.looseObject({
 });
 
 const OptionsSchema = z.looseObject({
-  model_id: z.string().min(1).optional(),
-  confidence: z.number().min(0).max(1).default(0.4),
-  iou_threshold: z.number().min(0).max(1).default(0.3),
-  class_agnostic_nms: z.boolean().default(false),
-  class_filter: z.array(z.string()).nullable().optional(),
-  max_detections: z.number().int().min(1).max(100_000).default(300),
-  max_candidates: z.number().int().min(1).max(1_000_000).default(3000),
-  disable_preproc_auto_orient: z.boolean().default(false),
+  model_id: z
+    .string()
+    .min(1)
+    .optional()
+    .describe('Served model; optional when one model is served.'),
+  confidence: z.number().min(0).max(1).default(0.4).describe('Minimum score of a prediction.'),
+  iou_threshold: z
+    .number()
+    .min(0)
+    .max(1)
+    .default(0.3)
+    .describe('NMS overlap above which the weaker of two boxes is dropped.'),
+  class_agnostic_nms: z
+    .boolean()
+    .default(false)
+    .describe('Suppress overlapping boxes across classes.'),
+  class_filter: z.array(z.string()).nullable().optional().describe('Class names to keep.'),
+  max_detections: z
+    .number()
+    .int()
+    .min(1)
+    .max(100_000)
+    .default(300)
+    .describe('Boxes kept per image.'),
+  max_candidates: z
+    .number()
+    .int()
+    .min(1)
+    .max(1_000_000)
+    .default(3000)
+    .describe('Candidates considered by NMS, best first.'),
+  disable_preproc_auto_orient: z.boolean().default(false).describe('Ignore the EXIF orientation.'),
 });
 
 const BodySchema = OptionsSchema.extend({
@@ -39,6 +63,26 @@ const BodySchema = OptionsSchema.extend({
     error: 'image must be an object or a list of objects',
   }),
 });
+
+/**
+ * JSON Schema (OpenAPI 3.0) of the request body, for the API documentation. It is the parsing
+ * schema with the image described exactly (parsing keeps `image` loose so that its errors can
+ * name the supported types).
+ */
+export function requestBodyJsonSchema(): Record<string, unknown> {
+  const image = z.object({
+    type: z.enum(['base64', 'url']),
+    value: z
+      .string()
+      .describe('Base64 image bytes (a data: URL prefix is accepted), or an http(s) URL.'),
+  });
+  const doc = OptionsSchema.extend({
+    image: z
+      .union([image, z.array(image).min(1)])
+      .describe('One image, or a list of images (the response is then a list in the same order).'),
+  });
+  return z.toJSONSchema(doc, { target: 'openapi-3.0', io: 'input' });
+}
 
 type Options = z.infer<typeof OptionsSchema>;
 

@@ -1,6 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import multipart from '@fastify/multipart';
-import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, {
+  LogController,
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyRequest,
+} from 'fastify';
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
@@ -13,7 +19,9 @@ import type { ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
+import { registerDashboard } from './dashboard.js';
 import type { GatewayMetrics } from './metrics.js';
+import { registerOpenApi, routeSchemas } from './openapi.js';
 import type { ResultWaiter } from './result-waiter.js';
 
 /**
@@ -27,6 +35,8 @@ export interface GatewayDeps {
   keys: Keys;
   redis: Redis;
   preQueue: StageQueue<'pre'>;
+  /** Every queue of the pipeline, for the dashboard. */
+  queues: readonly Queue[];
   waiter: ResultWaiter;
   models: ModelDirectory;
   log: Logger;
@@ -34,19 +44,27 @@ export interface GatewayDeps {
   metrics: GatewayMetrics;
 }
 
-export function buildServer(deps: GatewayDeps) {
+export async function buildServer(deps: GatewayDeps) {
   const { config, keys, redis, models } = deps;
   // The inference ids of each request, for its log line.
   const inferenceIds = new WeakMap<FastifyRequest, string[]>();
+  // Typed as fastify's base logger so the instance has fastify's default type (for plugins).
+  const logger: FastifyBaseLogger = deps.log;
   const app = Fastify({
-    loggerInstance: deps.log,
+    loggerInstance: logger,
     bodyLimit: config.gateway.maxBodyBytes,
     // One line per request is logged by the onResponse hook below, with its inference ids.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
   });
 
-  void app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
+  // request.ts validates requests and responses are plain JSON: the route schemas only
+  // document the API (openapi.ts), so they must not reject or reshape anything here.
+  app.setValidatorCompiler(() => () => true);
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  await registerOpenApi(app);
+  await registerDashboard(app, deps.queues, config.gateway.queueDashboard);
+  await app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
   app.addContentTypeParser(
     /^(image\/.+|application\/octet-stream)$/,
     { parseAs: 'buffer' },
@@ -88,7 +106,7 @@ export function buildServer(deps: GatewayDeps) {
       .send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
   });
 
-  app.post('/infer/object_detection', async (req) => {
+  app.post('/infer/object_detection', { schema: routeSchemas.infer }, async (req) => {
     const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
     const modelId = resolveModelId(parsed.modelId, await models.all());
     metrics.imagesPerRequest.observe(parsed.images.length);
@@ -101,11 +119,11 @@ export function buildServer(deps: GatewayDeps) {
     return deps.registry.metrics();
   });
 
-  app.get('/model/registry', async () => ({
+  app.get('/model/registry', { schema: routeSchemas.registry }, async () => ({
     models: [...(await models.all()).values()].map(describe),
   }));
 
-  app.post('/model/add', async (req) => {
+  app.post('/model/add', { schema: routeSchemas.addModel }, async (req) => {
     const modelId = (req.body as { model_id?: unknown } | undefined)?.model_id;
     if (typeof modelId !== 'string' || modelId === '') {
       throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');

@@ -1,0 +1,29 @@
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { FastifyAdapter } from '@bull-board/fastify';
+import type { Queue } from 'bullmq';
+import type { FastifyInstance } from 'fastify';
+
+/**
+ * Bull Board at /admin/queues: the pipeline's queues and their jobs. Read-only by default;
+ * `full` also allows retrying, cleaning and removing jobs, so expose it only where that is
+ * wanted.
+ */
+export type DashboardMode = 'off' | 'readonly' | 'full';
+
+export const DASHBOARD_PATH = '/admin/queues';
+
+export async function registerDashboard(
+  app: FastifyInstance,
+  queues: readonly Queue[],
+  mode: DashboardMode,
+) {
+  if (mode === 'off') return;
+  const serverAdapter = new FastifyAdapter();
+  serverAdapter.setBasePath(DASHBOARD_PATH);
+  createBullBoard({
+    queues: queues.map((q) => new BullMQAdapter(q, { readOnlyMode: mode === 'readonly' })),
+    serverAdapter,
+  });
+  await app.register(serverAdapter.registerPlugin(), { prefix: DASHBOARD_PATH });
+}
