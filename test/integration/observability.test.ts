@@ -54,10 +54,9 @@ function sample(text: string, name: string, labels: Record<string, string> = {})
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries(
-      [...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]),
-    );
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) total += Number(m[3]);
+    const have = new Map<string, string>();
+    for (const x of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) have.set(x[1]!, x[2]!);
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) total += Number(m[3]);
   }
   return total;
 }
