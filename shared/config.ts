@@ -35,6 +35,11 @@ const EnvSchema = z.object({
   /** Class names file, one per line; used when the model embeds no `names` metadata. */
   CLASS_NAMES: z.string().min(1).optional(),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
+  /**
+   * How long a worker's claim on a job lasts without renewal. A job whose worker died is taken
+   * up again between this and 1.5× this later, well within the request deadline.
+   */
+  JOB_LOCK_MS: int(5000, 1000, 600_000),
   MAX_BODY_BYTES: int(16 * 1024 * 1024, 1024),
   MAX_IMAGES_PER_REQUEST: int(16, 1, 1024),
   /** Processes `npm start` runs per role; the worker defaults follow the core count. */
@@ -70,6 +75,7 @@ export interface Config {
     classNamesPath: string | undefined;
   };
   requestTimeoutMs: number;
+  jobLockMs: number;
   /** Lifetime of every per-request Redis key: the request deadline plus a margin. */
   dataTtlSeconds: number;
   logLevel: Env['LOG_LEVEL'];
@@ -119,6 +125,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       classNamesPath: e.CLASS_NAMES,
     },
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    jobLockMs: e.JOB_LOCK_MS,
     dataTtlSeconds: Math.ceil(e.REQUEST_TIMEOUT_MS / 1000) + 60,
     logLevel: e.LOG_LEVEL,
     supervisor: {

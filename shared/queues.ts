@@ -52,8 +52,8 @@ export interface StageWorkerOptions<Q extends QueueName> {
   logger: Logger;
   /** TTL of reply lists, from the config. */
   replyTtlSeconds: number;
-  /** How long a job's lock lasts without renewal; BullMQ's default is 30 s. */
-  lockDurationMs?: number;
+  /** How long a job's lock lasts without renewal (JOB_LOCK_MS). */
+  lockDurationMs: number;
   metrics: StageMetrics;
   process: (data: JobPayloads[Q], log: Logger, job: Job<JobPayloads[Q]>) => Promise<void>;
 }
@@ -117,10 +117,35 @@ export function createStageWorker<Q extends QueueName>(
       connection: opts.connection,
       prefix: keys.prefix,
       concurrency: opts.concurrency,
-      ...(opts.lockDurationMs !== undefined ? { lockDuration: opts.lockDurationMs } : {}),
+      // A dead worker's jobs are found by the stalled-job check of any live worker of the queue
+      // and put back once their lock expires; a job lost twice fails (and its request hears so).
+      lockDuration: opts.lockDurationMs,
+      stalledInterval: Math.max(500, Math.floor(opts.lockDurationMs / 2)),
+      maxStalledCount: 2,
     },
   );
   worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  worker.on('failed', (job, err) => {
+    // Jobs failed by the stalled-job check never reached the processor's error path.
+    if (!job || !/stalled more than/i.test(err.message)) return;
+    const error = {
+      code: ErrorCode.INTERNAL,
+      message: `the ${opts.queue} stage lost this image twice (its workers died)`,
+    };
+    opts.metrics.failed.inc({ stage: opts.queue, code: error.code });
+    logger.error({ inference_id: job.data.id, stage: opts.queue }, error.message);
+    void sendResult(
+      client,
+      keys,
+      job.data.replyTo,
+      { id: job.data.id, ok: false, error },
+      opts.replyTtlSeconds,
+    )
+      .then(() => client.del(...keys.requestData(job.data.id)))
+      .catch((sendErr: unknown) =>
+        logger.error({ err: sendErr }, 'could not send the error result'),
+      );
+  });
   worker.on('stalled', (jobId) => {
     opts.metrics.stalled.inc({ stage: opts.queue });
     logger.warn({ inference_id: jobId, stage: opts.queue }, 'stalled job put back in the queue');

@@ -72,6 +72,7 @@ export function runStage<Q extends QueueName>(
       concurrency: stage.concurrency,
       logger: log,
       replyTtlSeconds: config.dataTtlSeconds,
+      lockDurationMs: config.jobLockMs,
       process: stage.process,
     });
     const heartbeat = await startHeartbeat(
