@@ -42,6 +42,10 @@ const EnvSchema = z.object({
   JOB_LOCK_MS: int(5000, 1000, 600_000),
   MAX_BODY_BYTES: int(16 * 1024 * 1024, 1024),
   MAX_IMAGES_PER_REQUEST: int(16, 1, 1024),
+  /** Inference requests one gateway process holds at once; more get 429. */
+  MAX_INFLIGHT: int(256, 1, 100_000),
+  /** Images waiting in the `pre` queue above which new requests get 429. */
+  MAX_QUEUE_DEPTH: int(1024, 1, 10_000_000),
   /** Processes `npm start` runs per role; the worker defaults follow the core count. */
   NUM_WORKERS: int(1, 1, 64),
   NUM_PRE_WORKERS: int(Math.max(1, Math.floor(availableParallelism() / 2)), 1, 256),
@@ -61,6 +65,8 @@ export interface Config {
     port: number;
     maxBodyBytes: number;
     maxImagesPerRequest: number;
+    maxInflight: number;
+    maxQueueDepth: number;
     queueDashboard: 'off' | 'readonly' | 'full';
   };
   metricsPort: number;
@@ -111,6 +117,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       port: e.PORT,
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
+      maxInflight: e.MAX_INFLIGHT,
+      maxQueueDepth: e.MAX_QUEUE_DEPTH,
       queueDashboard: e.QUEUE_DASHBOARD,
     },
     metricsPort: e.METRICS_PORT,

@@ -14,6 +14,8 @@ export const ErrorCode = {
   DATA_EXPIRED: 'DATA_EXPIRED',
   DEADLINE_EXCEEDED: 'DEADLINE_EXCEEDED',
   NOT_READY: 'NOT_READY',
+  OVERLOADED: 'OVERLOADED',
+  CLIENT_CLOSED: 'CLIENT_CLOSED',
   NOT_FOUND: 'NOT_FOUND',
   INTERNAL: 'INTERNAL',
 } as const;
@@ -31,6 +33,9 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   DATA_EXPIRED: 500,
   DEADLINE_EXCEEDED: 504,
   NOT_READY: 503,
+  OVERLOADED: 429,
+  // nginx's status for a request the client closed; the client never sees it.
+  CLIENT_CLOSED: 499,
   NOT_FOUND: 404,
   INTERNAL: 500,
 };

@@ -4,6 +4,7 @@ import Fastify, {
   LogController,
   type FastifyBaseLogger,
   type FastifyError,
+  type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
 import type { Queue } from 'bullmq';
@@ -19,6 +20,7 @@ import type { ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
+import { Admission } from './admission.js';
 import { registerDashboard } from './dashboard.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
@@ -96,6 +98,7 @@ export async function buildServer(deps: GatewayDeps) {
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const body = toHttpError(err);
     metrics.errors.inc({ code: body.code });
+    if (body.code === ErrorCode.OVERLOADED) void reply.header('retry-after', '1');
     const status = HTTP_STATUS[body.code];
     if (status >= 500) req.log.error({ err }, 'request failed');
     void reply.status(status).send(body);
@@ -106,11 +109,44 @@ export async function buildServer(deps: GatewayDeps) {
       .send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
   });
 
-  app.post('/infer/object_detection', { schema: routeSchemas.infer }, async (req) => {
+  const admission = new Admission(
+    config.gateway.maxInflight,
+    config.gateway.maxQueueDepth,
+    deps.preQueue,
+    deps.log,
+  );
+  app.addHook('onClose', (_app, done) => {
+    admission.close();
+    done();
+  });
+  const inferRoute = {
+    schema: routeSchemas.infer,
+    // Before the body is read: an overloaded gateway refuses without touching the image.
+    onRequest: (_req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
+      try {
+        reply.raw.once('close', admission.admit());
+        done();
+      } catch (err) {
+        done(err as Error);
+      }
+    },
+  };
+  app.post('/infer/object_detection', inferRoute, async (req, reply) => {
     const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
     const modelId = resolveModelId(parsed.modelId, await models.all());
     metrics.imagesPerRequest.observe(parsed.images.length);
-    const results = await runPipeline(deps, parsed, modelId, (ids) => inferenceIds.set(req, ids));
+    // A client that goes away stops the work still ahead for its images.
+    const abandoned = new AbortController();
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) abandoned.abort();
+    });
+    const results = await runPipeline(
+      deps,
+      parsed,
+      modelId,
+      (ids) => inferenceIds.set(req, ids),
+      abandoned.signal,
+    );
     return parsed.isList ? results : results[0];
   });
 
@@ -194,6 +230,7 @@ async function runPipeline(
   parsed: ParsedRequest,
   modelId: string,
   onIds: (ids: string[]) => void,
+  abandoned: AbortSignal,
 ): Promise<DetectionResponse[]> {
   const { config, keys, redis, waiter } = deps;
   const receivedAt = Date.now();
@@ -225,7 +262,13 @@ async function runPipeline(
     await deps.preQueue.addBulk(
       jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
     );
-    return await Promise.all(waits);
+    const gone = new Promise<never>((_, reject) => {
+      const onAbort = () =>
+        reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));
+      if (abandoned.aborted) onAbort();
+      else abandoned.addEventListener('abort', onAbort, { once: true });
+    });
+    return await Promise.race([Promise.all(waits), gone]);
   } catch (err) {
     for (const job of jobs) waiter.cancel(job.id);
     await redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
