@@ -42,6 +42,10 @@ const EnvSchema = z.object({
   JOB_LOCK_MS: int(5000, 1000, 600_000),
   MAX_BODY_BYTES: int(16 * 1024 * 1024, 1024),
   MAX_IMAGES_PER_REQUEST: int(16, 1, 1024),
+  /** Largest image (width × height) `pre` decodes; checked from the header first. */
+  MAX_IMAGE_PIXELS: int(50_000_000, 1),
+  /** SVG input can reference other files and URLs: off unless enabled. */
+  ALLOW_SVG: z.stringbool().default(false),
   /** Inference requests one gateway process holds at once; more get 429. */
   MAX_INFLIGHT: int(256, 1, 100_000),
   /** Images waiting in the `pre` queue above which new requests get 429. */
@@ -70,7 +74,7 @@ export interface Config {
     queueDashboard: 'off' | 'readonly' | 'full';
   };
   metricsPort: number;
-  pre: { concurrency: number };
+  pre: { concurrency: number; maxImagePixels: number; allowSvg: boolean };
   post: { concurrency: number };
   infer: {
     maxBatchSize: number;
@@ -122,7 +126,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       queueDashboard: e.QUEUE_DASHBOARD,
     },
     metricsPort: e.METRICS_PORT,
-    pre: { concurrency: e.PRE_CONCURRENCY },
+    pre: {
+      concurrency: e.PRE_CONCURRENCY,
+      maxImagePixels: e.MAX_IMAGE_PIXELS,
+      allowSvg: e.ALLOW_SVG,
+    },
     post: { concurrency: e.POST_CONCURRENCY },
     infer: {
       maxBatchSize: e.MAX_BATCH_SIZE,

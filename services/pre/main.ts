@@ -34,6 +34,7 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         model.input_width,
         model.input_height,
         job.autoOrient,
+        { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
       );
       await execMulti(
         client

@@ -17,20 +17,42 @@ const PAD = { r: 114, g: 114, b: 114 } as const;
 // EXIF orientations 5–8 rotate by 90° or 270°, so width and height swap.
 const SWAPS_AXES = new Set([5, 6, 7, 8]);
 
+export interface DecodeLimits {
+  /** Largest width × height accepted, checked from the header before decoding. */
+  maxPixels: number;
+  /** SVG can reference other files and URLs, so it is refused unless allowed. */
+  allowSvg: boolean;
+}
+
 export async function letterboxImage(
   bytes: Buffer,
   inputWidth: number,
   inputHeight: number,
   autoOrient: boolean,
+  limits: DecodeLimits,
 ): Promise<Preprocessed> {
   let meta: Metadata;
   try {
+    // Reads the header only: sizes and format are known before any pixel is decoded.
     meta = await sharp(bytes).metadata();
   } catch (err) {
     throw decodeError(err);
   }
+  if (meta.format === 'svg' && !limits.allowSvg) {
+    throw new PipelineError(
+      ErrorCode.UNSUPPORTED_IMAGE,
+      'SVG images are not accepted here (they can reference other files); send a raster image',
+    );
+  }
   if (!meta.width || !meta.height) {
     throw new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, 'the image has no readable size');
+  }
+  // A decompression bomb declares a huge size in a small file: refuse it before decoding.
+  if (meta.width * meta.height > limits.maxPixels) {
+    throw new PipelineError(
+      ErrorCode.IMAGE_TOO_LARGE,
+      `the image is ${meta.width}x${meta.height} pixels, more than the ${limits.maxPixels} allowed`,
+    );
   }
   const swap = autoOrient && SWAPS_AXES.has(meta.orientation ?? 1);
   const srcWidth = swap ? meta.height : meta.width;
@@ -39,7 +61,8 @@ export async function letterboxImage(
 
   // One pipeline: libvips orients, shrinks on load where the format allows (JPEG), resizes,
   // pads and converts to 8-bit sRGB without intermediate buffers.
-  let image = sharp(bytes, { failOn: 'error' });
+  // Animated and multi-page images: the first frame (sharp's default).
+  let image = sharp(bytes, { failOn: 'error', limitInputPixels: limits.maxPixels });
   if (autoOrient) image = image.rotate();
   try {
     const { data, info } = await image

@@ -22,7 +22,7 @@ const RGB: Record<ShapeColour, [number, number, number]> = {
 };
 
 /** Raw RGB pixels of the displayed image. */
-function drawPixels(width: number, height: number, shapes: readonly Shape[]): Buffer {
+export function drawPixels(width: number, height: number, shapes: readonly Shape[]): Buffer {
   const px = Buffer.alloc(width * height * 3, 90);
   for (const s of shapes) {
     const [r, g, b] = RGB[s.colour];
