@@ -46,6 +46,10 @@ const EnvSchema = z.object({
   MAX_IMAGE_PIXELS: int(50_000_000, 1),
   /** SVG input can reference other files and URLs: off unless enabled. */
   ALLOW_SVG: z.stringbool().default(false),
+  /** `image.type = url`; off refuses URL images at the gateway. */
+  ALLOW_URL_INPUT: z.stringbool().default(true),
+  /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
+  ALLOW_PRIVATE_URLS: z.stringbool().default(false),
   /** Inference requests one gateway process holds at once; more get 429. */
   MAX_INFLIGHT: int(256, 1, 100_000),
   /** Images waiting in the `pre` queue above which new requests get 429. */
@@ -69,12 +73,18 @@ export interface Config {
     port: number;
     maxBodyBytes: number;
     maxImagesPerRequest: number;
+    allowUrlInput: boolean;
     maxInflight: number;
     maxQueueDepth: number;
     queueDashboard: 'off' | 'readonly' | 'full';
   };
   metricsPort: number;
-  pre: { concurrency: number; maxImagePixels: number; allowSvg: boolean };
+  pre: {
+    concurrency: number;
+    maxImagePixels: number;
+    allowSvg: boolean;
+    allowPrivateUrls: boolean;
+  };
   post: { concurrency: number };
   infer: {
     maxBatchSize: number;
@@ -121,6 +131,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       port: e.PORT,
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
+      allowUrlInput: e.ALLOW_URL_INPUT,
       maxInflight: e.MAX_INFLIGHT,
       maxQueueDepth: e.MAX_QUEUE_DEPTH,
       queueDashboard: e.QUEUE_DASHBOARD,
@@ -130,6 +141,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       concurrency: e.PRE_CONCURRENCY,
       maxImagePixels: e.MAX_IMAGE_PIXELS,
       allowSvg: e.ALLOW_SVG,
+      allowPrivateUrls: e.ALLOW_PRIVATE_URLS,
     },
     post: { concurrency: e.POST_CONCURRENCY },
     infer: {

@@ -135,6 +135,12 @@ export async function buildServer(deps: GatewayDeps) {
   };
   app.post('/infer/object_detection', inferRoute, async (req, reply) => {
     const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+    if (!config.gateway.allowUrlInput && parsed.images.some((i) => i.kind === 'url')) {
+      throw new PipelineError(
+        ErrorCode.INVALID_REQUEST,
+        "image URLs are turned off on this server: send the image's bytes",
+      );
+    }
     const modelId = resolveModelId(parsed.modelId, await models.all());
     metrics.imagesPerRequest.observe(parsed.images.length);
     // A client that goes away stops the work still ahead for its images.

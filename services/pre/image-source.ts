@@ -1,18 +1,31 @@
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { isIP, type LookupFunction } from 'node:net';
 import type { Redis } from 'ioredis';
 import type { PreJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
+import { isPublicAddress } from './url-guard.js';
 
 /**
  * Where the `pre` stage gets an image's bytes: from Redis, where the gateway stored the upload,
  * or from the URL the client gave. URL images are fetched here, not in the gateway, so the
  * gateway stays light and the download is part of the work that scales with `pre`.
  */
+export interface UrlPolicy {
+  /** Allow loopback, private and link-local addresses (off by default: see url-guard.ts). */
+  allowPrivate: boolean;
+  maxBytes: number;
+  connectTimeoutMs: number;
+  maxRedirects: number;
+}
+
 export async function loadImageBytes(
   redis: Redis,
   keys: Keys,
   job: PreJob,
-  maxBytes: number,
+  policy: UrlPolicy,
 ): Promise<Buffer> {
   if (job.source.kind === 'stored') {
     const bytes = await redis.getBuffer(keys.image(job.id));
@@ -20,38 +33,122 @@ export async function loadImageBytes(
       throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the uploaded image is no longer in Redis');
     return bytes;
   }
-  return fetchImage(job.source.url, job.deadline, maxBytes);
+  return fetchImage(job.source.url, job.deadline, policy);
 }
 
-async function fetchImage(url: string, deadline: number, maxBytes: number): Promise<Buffer> {
+/**
+ * GET with the URL policy: http and https only, every address checked after DNS resolution
+ * (on each redirect too), a connect timeout, the request deadline as the total timeout, a size
+ * limit and a redirect limit.
+ */
+export async function fetchImage(
+  url: string,
+  deadline: number,
+  policy: UrlPolicy,
+): Promise<Buffer> {
   const fail = (why: string) =>
     new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, `could not fetch ${url}: ${why}`);
-  let response: Response;
-  try {
-    response = await fetch(url, {
-      signal: AbortSignal.timeout(Math.max(1, deadline - Date.now())),
-      redirect: 'follow',
+  let current = new URL(url);
+  for (let redirects = 0; ; redirects++) {
+    if (current.protocol !== 'http:' && current.protocol !== 'https:')
+      throw fail('only http and https URLs are fetched');
+    // Node connects to an IP literal without a DNS lookup, so check those here.
+    const host = current.hostname.replace(/^\[|\]$/g, '');
+    if (!policy.allowPrivate && isIP(host) !== 0 && !isPublicAddress(host)) {
+      throw new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(host));
+    }
+    const res = await get(current, deadline, policy).catch((err: unknown) => {
+      throw err instanceof PipelineError
+        ? err
+        : fail(err instanceof Error ? err.message : String(err));
     });
-  } catch (err) {
-    throw fail(
-      err instanceof Error
-        ? err.cause instanceof Error
-          ? err.cause.message
-          : err.message
-        : String(err),
+    const status = res.statusCode ?? 0;
+    if (status >= 300 && status < 400 && res.headers.location) {
+      res.resume();
+      if (redirects >= policy.maxRedirects)
+        throw fail(`more than ${policy.maxRedirects} redirects`);
+      current = new URL(res.headers.location, current);
+      continue;
+    }
+    if (status !== 200) {
+      res.resume();
+      throw fail(`HTTP ${status}`);
+    }
+    const declared = Number(res.headers['content-length'] ?? 0);
+    if (declared > policy.maxBytes) {
+      res.destroy();
+      throw fail(`the image is larger than ${policy.maxBytes} bytes`);
+    }
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      total += chunk.byteLength;
+      if (total > policy.maxBytes) {
+        res.destroy();
+        throw fail(`the image is larger than ${policy.maxBytes} bytes`);
+      }
+      chunks.push(chunk);
+    }
+    if (total === 0) throw fail('the response body is empty');
+    return Buffer.concat(chunks);
+  }
+}
+
+function get(url: URL, deadline: number, policy: UrlPolicy): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0)
+      return reject(new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'request deadline passed'));
+    const options: RequestOptions = {
+      method: 'GET',
+      lookup: guardedLookup(policy.allowPrivate),
+      timeout: policy.connectTimeoutMs,
+    };
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, options, (res) => {
+      clearTimeout(total);
+      req.setTimeout(0);
+      // The rest of the download is bounded by the request deadline.
+      const rest = setTimeout(
+        () => res.destroy(new Error('the download did not finish before the request deadline')),
+        Math.max(1, deadline - Date.now()),
+      );
+      res.once('close', () => clearTimeout(rest));
+      resolve(res);
+    });
+    const total = setTimeout(
+      () => req.destroy(new Error('no response before the request deadline')),
+      remaining,
     );
-  }
-  if (!response.ok) throw fail(`HTTP ${response.status}`);
-  const declared = Number(response.headers.get('content-length') ?? 0);
-  if (declared > maxBytes) throw fail(`the image is larger than ${maxBytes} bytes`);
-  if (!response.body) throw fail('empty response');
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of response.body as AsyncIterable<Uint8Array>) {
-    total += chunk.byteLength;
-    if (total > maxBytes) throw fail(`the image is larger than ${maxBytes} bytes`);
-    chunks.push(Buffer.from(chunk));
-  }
-  if (total === 0) throw fail('the response body is empty');
-  return Buffer.concat(chunks);
+    req.once('timeout', () =>
+      req.destroy(new Error(`no connection within ${policy.connectTimeoutMs} ms`)),
+    );
+    req.once('error', (err) => {
+      clearTimeout(total);
+      reject(err);
+    });
+    req.end();
+  });
+}
+
+/** A DNS lookup that only hands out addresses the policy allows (IP literals included). */
+function guardedLookup(allowPrivate: boolean): LookupFunction {
+  return (hostname, options, callback) => {
+    dnsLookup(hostname, { ...options, all: true }, (err, addresses: LookupAddress[]) => {
+      if (err) return callback(err, '', 4);
+      const allowed = allowPrivate
+        ? addresses
+        : addresses.filter((a) => isPublicAddress(a.address));
+      if (allowed.length === 0) {
+        const error = new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(hostname));
+        return callback(error as unknown as NodeJS.ErrnoException, '', 4);
+      }
+      if (options.all) return callback(null, allowed as unknown as string, 4);
+      const first = allowed[0]!;
+      callback(null, first.address, first.family);
+    });
+  };
+}
+
+function privateMessage(host: string): string {
+  return `${host} is (or resolves to) a private, loopback or link-local address, which image URLs may not reach`;
 }

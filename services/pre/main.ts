@@ -27,7 +27,12 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
       const model = await models.get(job.modelId);
       if (!model)
         throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
-      const bytes = await loadImageBytes(client, keys, job, config.gateway.maxBodyBytes);
+      const bytes = await loadImageBytes(client, keys, job, {
+        allowPrivate: config.pre.allowPrivateUrls,
+        maxBytes: config.gateway.maxBodyBytes,
+        connectTimeoutMs: 5000,
+        maxRedirects: 3,
+      });
       const started = performance.now();
       const { pixels, letterbox } = await letterboxImage(
         bytes,

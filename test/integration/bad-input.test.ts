@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse } from '../../shared/contracts.js';
@@ -138,6 +140,45 @@ describe('bad input gets a clear 4xx', () => {
       '<svg xmlns="http://www.w3.org/2000/svg" width="100" height="80"><rect x="10" y="10" width="40" height="30" fill="red"/></svg>',
     );
     assertError(await b64(svg), 400, 'UNSUPPORTED_IMAGE');
+  });
+});
+
+describe('image URLs cannot reach inside the network', () => {
+  test('loopback, private, link-local and metadata addresses are refused, by name or by address', async () => {
+    const local = createServer((_req, res) =>
+      res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(10)),
+    );
+    await new Promise<void>((r) => local.listen(0, '127.0.0.1', r));
+    const port = (local.address() as AddressInfo).port;
+    try {
+      for (const url of [
+        `http://127.0.0.1:${port}/a.png`,
+        `http://localhost:${port}/a.png`,
+        'http://169.254.169.254/latest/meta-data/',
+        'http://10.0.0.1/a.png',
+        'http://[::1]/a.png',
+        'http://[::ffff:127.0.0.1]/a.png',
+      ]) {
+        const res = await postJson(stack, '/infer/object_detection', {
+          image: { type: 'url', value: url },
+        });
+        assertError(res, 400, 'IMAGE_FETCH_FAILED');
+        assert.match(
+          (res.body as { message: string }).message,
+          /private, loopback or link-local/,
+          url,
+        );
+      }
+      for (const value of ['file:///etc/passwd', 'ftp://example.com/a.png', 'not a url']) {
+        assertError(
+          await postJson(stack, '/infer/object_detection', { image: { type: 'url', value } }),
+          400,
+          'INVALID_REQUEST',
+        );
+      }
+    } finally {
+      local.close();
+    }
   });
 });
 

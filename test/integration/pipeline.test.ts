@@ -55,7 +55,11 @@ function assertShapes(predictions: Prediction[], shapes: Shape[]): void {
 
 before(async () => {
   redis = await startRedis();
-  stack = await startStack({ redisUrl: redis.url, env: { MAX_BATCH_DELAY_MS: '40' } });
+  // The test's own image server is on loopback, which image URLs may not reach by default.
+  stack = await startStack({
+    redisUrl: redis.url,
+    env: { MAX_BATCH_DELAY_MS: '40', ALLOW_PRIVATE_URLS: 'true' },
+  });
   imageServer = createServer((req, res) => {
     const body = served.get(req.url ?? '');
     if (!body) return void res.writeHead(404).end();
