@@ -140,9 +140,9 @@ function guardedLookup(allowPrivate: boolean): LookupFunction {
         : addresses.filter((a) => isPublicAddress(a.address));
       if (allowed.length === 0) {
         const error = new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(hostname));
-        return callback(error as unknown as NodeJS.ErrnoException, '', 4);
+        return callback(error, '', 4);
       }
-      if (options.all) return callback(null, allowed as unknown as string, 4);
+      if (options.all) return callback(null, allowed, 4);
       const first = allowed[0]!;
       callback(null, first.address, first.family);
     });
