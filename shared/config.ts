@@ -50,6 +50,11 @@ const EnvSchema = z.object({
   ALLOW_URL_INPUT: z.stringbool().default(true),
   /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
   ALLOW_PRIVATE_URLS: z.stringbool().default(false),
+  /** API keys, comma-separated; with API_KEYS_FILE (one per line). None: the API is open. */
+  API_KEYS: z.string().optional(),
+  API_KEYS_FILE: z.string().min(1).optional(),
+  /** With API keys set, whether /metrics needs one too (Prometheus would then send it). */
+  METRICS_REQUIRE_KEY: z.stringbool().default(false),
   /** Inference requests one gateway process holds at once; more get 429. */
   MAX_INFLIGHT: int(256, 1, 100_000),
   /** Images waiting in the `pre` queue above which new requests get 429. */
@@ -74,6 +79,9 @@ export interface Config {
     maxBodyBytes: number;
     maxImagesPerRequest: number;
     allowUrlInput: boolean;
+    apiKeys: string | undefined;
+    apiKeysFile: string | undefined;
+    metricsRequireKey: boolean;
     maxInflight: number;
     maxQueueDepth: number;
     queueDashboard: 'off' | 'readonly' | 'full';
@@ -132,6 +140,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
       allowUrlInput: e.ALLOW_URL_INPUT,
+      apiKeys: e.API_KEYS,
+      apiKeysFile: e.API_KEYS_FILE,
+      metricsRequireKey: e.METRICS_REQUIRE_KEY,
       maxInflight: e.MAX_INFLIGHT,
       maxQueueDepth: e.MAX_QUEUE_DEPTH,
       queueDashboard: e.QUEUE_DASHBOARD,

@@ -3,6 +3,7 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
+import type { KeyGuard } from './auth.js';
 
 /**
  * Bull Board at /admin/queues: the pipeline's queues and their jobs. Read-only by default;
@@ -17,6 +18,7 @@ export async function registerDashboard(
   app: FastifyInstance,
   queues: readonly Queue[],
   mode: DashboardMode,
+  guard: KeyGuard,
 ) {
   if (mode === 'off') return;
   const serverAdapter = new FastifyAdapter();
@@ -25,5 +27,9 @@ export async function registerDashboard(
     queues: queues.map((q) => new BullMQAdapter(q, { readOnlyMode: mode === 'readonly' })),
     serverAdapter,
   });
-  await app.register(serverAdapter.registerPlugin(), { prefix: DASHBOARD_PATH });
+  // In its own scope, so the API-key guard covers the dashboard and nothing else.
+  await app.register(async (scope) => {
+    scope.addHook('onRequest', guard);
+    await scope.register(serverAdapter.registerPlugin(), { prefix: DASHBOARD_PATH });
+  });
 }

@@ -21,6 +21,7 @@ import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
 import { Admission } from './admission.js';
+import { ApiKeys } from './auth.js';
 import { registerDashboard } from './dashboard.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
@@ -65,7 +66,10 @@ export async function buildServer(deps: GatewayDeps) {
   app.setValidatorCompiler(() => () => true);
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
   await registerOpenApi(app);
-  await registerDashboard(app, deps.queues, config.gateway.queueDashboard);
+  const apiKeys = ApiKeys.fromConfig(config.gateway.apiKeys, config.gateway.apiKeysFile);
+  // Checked once the body is parsed (api_key may be in it); /healthz, /readyz and /docs stay open.
+  const needsKey = { preHandler: apiKeys.guard() };
+  await registerDashboard(app, deps.queues, config.gateway.queueDashboard, apiKeys.guard());
   await app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
   // Text bodies are no request this API takes: 415 rather than a confusing 400.
   app.removeContentTypeParser('text/plain');
@@ -123,6 +127,7 @@ export async function buildServer(deps: GatewayDeps) {
   });
   const inferRoute = {
     schema: routeSchemas.infer,
+    ...needsKey,
     // Before the body is read: an overloaded gateway refuses without touching the image.
     onRequest: (_req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
       try {
@@ -158,16 +163,16 @@ export async function buildServer(deps: GatewayDeps) {
     return parsed.isList ? results : results[0];
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', config.gateway.metricsRequireKey ? needsKey : {}, async (_req, reply) => {
     void reply.header('content-type', deps.registry.contentType);
     return deps.registry.metrics();
   });
 
-  app.get('/model/registry', { schema: routeSchemas.registry }, async () => ({
+  app.get('/model/registry', { schema: routeSchemas.registry, ...needsKey }, async () => ({
     models: [...(await models.all()).values()].map(describe),
   }));
 
-  app.post('/model/add', { schema: routeSchemas.addModel }, async (req) => {
+  app.post('/model/add', { schema: routeSchemas.addModel, ...needsKey }, async (req) => {
     const modelId = (req.body as { model_id?: unknown } | undefined)?.model_id;
     if (typeof modelId !== 'string' || modelId === '') {
       throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');

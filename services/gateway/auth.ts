@@ -1,0 +1,76 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
+
+/**
+ * Optional API keys. When keys are configured, a request must carry one: as `api_key` in the
+ * JSON body or the query string (Roboflow's way), or as `Authorization: Bearer <key>`. Keys are
+ * compared through their SHA-256 digests with a constant-time comparison, and never logged.
+ */
+/** A hook that lets a request through or answers 401. */
+export type KeyGuard = (
+  req: FastifyRequest,
+  reply: FastifyReply,
+) => Promise<FastifyReply | undefined>;
+
+export class ApiKeys {
+  private readonly digests: Buffer[];
+
+  constructor(keys: readonly string[]) {
+    this.digests = keys.map(digest);
+  }
+
+  /** Keys from API_KEYS (comma-separated) and API_KEYS_FILE (one per line). */
+  static fromConfig(inline: string | undefined, file: string | undefined): ApiKeys {
+    const keys = (inline ?? '').split(',');
+    if (file) keys.push(...readFileSync(file, 'utf8').split(/\r?\n/));
+    return new ApiKeys(keys.map((k) => k.trim()).filter(Boolean));
+  }
+
+  get enabled(): boolean {
+    return this.digests.length > 0;
+  }
+
+  /** True when `candidate` is one of the keys. Every key is compared, whatever matches. */
+  accepts(candidate: string | undefined): boolean {
+    if (candidate === undefined || candidate === '') return false;
+    const d = digest(candidate);
+    let ok = false;
+    for (const key of this.digests) ok = timingSafeEqual(key, d) || ok;
+    return ok;
+  }
+
+  /**
+   * A fastify hook that answers 401 itself unless the request carries a valid key (itself, not
+   * through the error handler: plugins such as Bull Board have their own).
+   */
+  guard(): KeyGuard {
+    return async (req, reply) => {
+      if (!this.enabled || this.accepts(keyOf(req))) return;
+      const error = new PipelineError(
+        ErrorCode.UNAUTHORIZED,
+        'a valid API key is required (api_key, or Authorization: Bearer <key>)',
+      );
+      await reply.code(401).send({ code: error.code, message: error.message });
+      return reply;
+    };
+  }
+}
+
+function keyOf(req: FastifyRequest): string | undefined {
+  const auth = req.headers.authorization;
+  if (auth?.startsWith('Bearer ')) return auth.slice(7).trim();
+  const fromQuery = (req.query as Record<string, unknown> | undefined)?.['api_key'];
+  if (typeof fromQuery === 'string') return fromQuery;
+  const body = req.body;
+  if (body && typeof body === 'object' && !Buffer.isBuffer(body)) {
+    const fromBody = (body as Record<string, unknown>)['api_key'];
+    if (typeof fromBody === 'string') return fromBody;
+  }
+  return undefined;
+}
+
+function digest(key: string): Buffer {
+  return createHash('sha256').update(key).digest();
+}

@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { drawImage } from '../helpers/images.js';
+import { startRedis, startStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+
+/**
+ * With API keys configured, every inference and admin route needs one (body, query or Bearer);
+ * health routes stay open; keys never reach the logs.
+ */
+let redis: RedisHandle;
+let stack: Stack;
+let dir: string;
+const INLINE = ['inline-key-6f1d2c', 'second-key-93ab70'];
+const FROM_FILE = 'file-key-a8c4e1';
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'sd-keys-'));
+  writeFileSync(join(dir, 'keys.txt'), `# not a comment, just a line\n${FROM_FILE}\n`);
+  redis = await startRedis();
+  stack = await startStack({
+    redisUrl: redis.url,
+    env: {
+      API_KEYS: INLINE.join(','),
+      API_KEYS_FILE: join(dir, 'keys.txt'),
+      METRICS_REQUIRE_KEY: 'true',
+    },
+  });
+});
+
+after(async () => {
+  await stack?.stop();
+  await redis?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function call(path: string, init: RequestInit = {}) {
+  const res = await fetch(`${stack.url}${path}`, init);
+  const text = await res.text();
+  return { status: res.status, text };
+}
+
+test('API keys: required on inference and admin routes, accepted from body, query or Bearer', async () => {
+  const png = await drawImage(120, 90, [{ colour: 'red', x: 10, y: 10, w: 40, h: 30 }]);
+  const json = (extra: Record<string, unknown>) => ({
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ image: { type: 'base64', value: png.toString('base64') }, ...extra }),
+  });
+
+  const missing = await call('/infer/object_detection', json({}));
+  assert.equal(missing.status, 401);
+  assert.equal((JSON.parse(missing.text) as { code: string }).code, 'UNAUTHORIZED');
+  assert.equal((await call('/infer/object_detection', json({ api_key: 'wrong-key' }))).status, 401);
+  assert.equal((await call('/model/registry')).status, 401);
+  assert.equal((await call('/admin/queues')).status, 401);
+  assert.equal((await call('/metrics')).status, 401);
+
+  assert.equal((await call('/infer/object_detection', json({ api_key: INLINE[0] }))).status, 200);
+  const bearer = { headers: { authorization: `Bearer ${INLINE[1]}` } };
+  assert.equal((await call('/model/registry', bearer)).status, 200);
+  assert.equal((await call('/metrics', bearer)).status, 200);
+  const raw = await call(`/infer/object_detection?api_key=${FROM_FILE}`, {
+    method: 'POST',
+    headers: { 'content-type': 'image/png' },
+    body: png,
+  });
+  assert.equal(raw.status, 200, raw.text);
+
+  for (const open of ['/healthz', '/readyz', '/docs/json'])
+    assert.equal((await call(open)).status, 200, open);
+
+  await new Promise((r) => setTimeout(r, 200));
+  const logs = stack.logs().join('\n');
+  for (const key of [...INLINE, FROM_FILE]) assert.ok(!logs.includes(key), 'an API key was logged');
+});
