@@ -110,25 +110,43 @@ describe('npm start (the supervisor)', () => {
         ['green'],
       );
 
+      // Requests keep flowing while the pre worker is killed: every one is answered.
       const prePid = events(run).find(
         (e) => e['role'] === 'pre' && e['msg'] === 'pre worker ready',
       )?.['pid'] as number;
+      let answered = 0;
+      const flow = Array.from({ length: 4 }, async () => {
+        for (let i = 0; i < 6; i++) {
+          assert.deepEqual(
+            (await infer()).predictions.map((p) => p.class),
+            ['green'],
+          );
+          answered++;
+        }
+      });
+      await until('some answers', 30_000, () => answered >= 2);
       process.kill(prePid, 'SIGKILL');
-      await until('the restart', 30_000, () =>
-        events(run).some((e) => e['msg'] === 'pre#1 restarted'),
-      );
-      await until('the new pre worker', 30_000, () =>
-        events(run).some(
-          (e) => e['role'] === 'pre' && e['msg'] === 'pre worker ready' && e['pid'] !== prePid,
-        ),
-      );
-      assert.deepEqual(
-        (await infer()).predictions.map((p) => p.class),
-        ['green'],
-      );
+      await Promise.all(flow);
+      assert.equal(answered, 24);
+      assert.ok(events(run).some((e) => e['msg'] === 'pre#1 restarted'));
 
+      // SIGTERM during load: the accepted requests are answered, then everything stops.
+      const childPids = events(run)
+        .filter((e) => String(e['msg']).endsWith('ready') || e['msg'] === 'gateway listening')
+        .map((e) => e['pid'] as number);
+      const inFlight = Array.from({ length: 6 }, () => infer());
+      await new Promise((r) => setTimeout(r, 30));
       run.child.kill('SIGTERM');
+      for (const r of await Promise.all(inFlight)) {
+        assert.deepEqual(
+          r.predictions.map((p) => p.class),
+          ['green'],
+        );
+      }
       assert.equal(await exitCode(run.child, 60_000), 0);
+      for (const pid of new Set(childPids)) {
+        assert.throws(() => process.kill(pid, 0), /ESRCH/, `process ${pid} is still running`);
+      }
       // Redis was stopped last: nothing answers on its port any more.
       const probe = new Redis(redisUrl, {
         lazyConnect: true,
