@@ -62,7 +62,7 @@ const EnvSchema = z.object({
   /** Processes `npm start` runs per role; the worker defaults follow the core count. */
   NUM_WORKERS: int(1, 1, 64),
   NUM_PRE_WORKERS: int(Math.max(1, Math.floor(availableParallelism() / 2)), 1, 256),
-  NUM_POST_WORKERS: int(1, 1, 256),
+  NUM_POST_WORKERS: int(Math.max(1, Math.floor(availableParallelism() / 4)), 1, 256),
   /** How long a stopping process may take to finish its in-flight work. */
   DRAIN_TIMEOUT_MS: int(15_000, 0, 600_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
