@@ -22,12 +22,15 @@ export async function startHeartbeat(
   instanceId: string,
   payload = '1',
   onError: (err: unknown) => void = () => {},
+  /** Also run at every beat: state this instance keeps published (it survives a Redis restart). */
+  everyBeat: () => Promise<unknown> = () => Promise.resolve(),
 ): Promise<Heartbeat> {
   const key = keys.alive(role, instanceId);
   const beat = async () => {
     await execMulti(
       redis.multi().set(key, payload, 'PX', HEARTBEAT_TTL_MS).sadd(keys.aliveSet(role), instanceId),
     );
+    await everyBeat();
   };
   await beat();
   const timer = setInterval(() => void beat().catch(onError), HEARTBEAT_INTERVAL_MS);

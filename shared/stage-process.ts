@@ -33,6 +33,8 @@ export interface StageDefinition<Q extends QueueName> {
   process: StageWorkerOptions<Q>['process'];
   /** Value of the heartbeat key (default '1'). */
   heartbeatPayload?: string;
+  /** Run with every heartbeat (each second), to keep state published in Redis. */
+  everyBeat?: () => Promise<unknown>;
   /** Cleanup steps run after the worker has finished its active jobs, before Redis closes. */
   close?: Array<[string, () => Promise<unknown>]>;
 }
@@ -82,6 +84,7 @@ export function runStage<Q extends QueueName>(
       instanceId,
       stage.heartbeatPayload,
       (err) => log.warn({ err }, 'heartbeat failed'),
+      stage.everyBeat,
     );
     log.info({ concurrency: stage.concurrency }, `${queue} worker ready`);
     handleShutdown(

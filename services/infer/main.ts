@@ -82,6 +82,8 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
     // Twice the batch size, so the next batch fills while one runs.
     concurrency: model.maxBatch * 2,
     heartbeatPayload: JSON.stringify([desc.model_id]),
+    // Republished with every heartbeat, so a Redis that restarted empty learns it again.
+    everyBeat: () => publishModel(client, keys, desc),
     process: async (job, jobLog) => {
       if (job.modelId !== desc.model_id) {
         throw new PipelineError(

@@ -56,8 +56,10 @@ export class RedisServerError extends Error {
  */
 export async function startRedisServer(
   stdio: StdioOptions = 'ignore',
+  /** A given port (to restart a server where it was); default a free one. */
+  port?: number,
 ): Promise<{ url: string; process: ChildProcess }> {
-  const port = await freePort();
+  port ??= await freePort();
   const child = spawn(
     'redis-server',
     [
