@@ -16,6 +16,8 @@ export interface ParsedRequest {
   modelId: string | undefined;
   params: DetectionParams;
   autoOrient: boolean;
+  /** The client's own deadline in ms, if it asked for one. */
+  timeoutMs: number | undefined;
 }
 
 const ImageSchema = z.looseObject({
@@ -56,6 +58,12 @@ const OptionsSchema = z.looseObject({
     .default(3000)
     .describe('Candidates considered by NMS, best first.'),
   disable_preproc_auto_orient: z.boolean().default(false).describe('Ignore the EXIF orientation.'),
+  timeout_ms: z
+    .number()
+    .int()
+    .min(1)
+    .optional()
+    .describe('A deadline shorter than the server default (REQUEST_TIMEOUT_MS); longer is capped.'),
 });
 
 const BodySchema = OptionsSchema.extend({
@@ -131,6 +139,7 @@ function options(o: Options): Omit<ParsedRequest, 'images' | 'isList'> {
   return {
     modelId: o.model_id,
     autoOrient: !o.disable_preproc_auto_orient,
+    timeoutMs: o.timeout_ms,
     params: {
       confidence: o.confidence,
       iouThreshold: o.iou_threshold,

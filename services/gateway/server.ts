@@ -247,7 +247,8 @@ async function runPipeline(
 ): Promise<DetectionResponse[]> {
   const { config, keys, redis, waiter } = deps;
   const receivedAt = Date.now();
-  const deadline = receivedAt + config.requestTimeoutMs;
+  // A request may ask for a shorter deadline, never a longer one.
+  const deadline = receivedAt + Math.min(config.requestTimeoutMs, parsed.timeoutMs ?? Infinity);
   const jobs: PreJob[] = parsed.images.map((img) => ({
     id: randomUUID(),
     modelId,

@@ -5,13 +5,13 @@ import addFormatsModule from 'ajv-formats';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
+import { sample, scrape as scrapeRole } from '../helpers/metrics.js';
 import {
   logEvents,
   postJson,
   startRedis,
   startStack,
   type RedisHandle,
-  type RunningRole,
   type Stack,
 } from '../helpers/stack.js';
 
@@ -48,35 +48,7 @@ async function eventually(
   assert.fail(`timed out waiting for ${what}`);
 }
 
-/** Sum of the samples of a metric whose labels include all of `labels`. */
-function sample(text: string, name: string, labels: Record<string, string> = {}): number {
-  let total = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Map<string, string>();
-    for (const x of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) have.set(x[1]!, x[2]!);
-    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) total += Number(m[3]);
-  }
-  return total;
-}
-
-/** The /metrics URL a worker process logged at startup. */
-function metricsUrl(proc: RunningRole): string {
-  for (const line of proc.output) {
-    const url = /"metrics":"([^"]+)"/.exec(line)?.[1];
-    if (url) return url;
-  }
-  throw new Error(`${proc.role} logged no metrics URL`);
-}
-
-async function scrape(role: Role | 'gateway'): Promise<string> {
-  if (role === 'gateway') return (await fetch(`${stack.url}/metrics`)).text();
-  const proc = stack.roles.find(
-    (r) => r.role === role && r.process.exitCode === null && r.process.signalCode === null,
-  )!;
-  return (await fetch(metricsUrl(proc))).text();
-}
+const scrape = (role: Role) => scrapeRole(stack, role);
 
 const shape = { colour: 'red' as const, x: 10, y: 20, w: 60, h: 40 };
 const request = async () => ({

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
+import { sample, scrape } from '../helpers/metrics.js';
 import {
   keysOf,
   postJson,
@@ -111,5 +112,34 @@ test('a request whose client goes away leaves no data behind and no work for the
     await sleep(50);
   await sleep(300);
   assert.equal(await redis.client.llen(`${stack.prefix}:infer:wait`), 0);
+  assert.equal((await postJson(stack, '/infer/object_detection', await body())).status, 200);
+});
+
+test('a request past its own deadline gets 504, and its image never reaches the model', async () => {
+  await stopRole('infer');
+  const started = Date.now();
+  const res = await postJson(stack, '/infer/object_detection', {
+    ...(await body()),
+    timeout_ms: 400,
+  });
+  assert.equal(res.status, 504);
+  assert.equal((res.body as { code: string }).code, 'DEADLINE_EXCEEDED');
+  assert.ok(Date.now() - started < 3000, 'answered at its own deadline, not the server default');
+  stack.add('infer');
+  // The new inference process finds the expired job and drops it without running the model.
+  let text = '';
+  for (let i = 0; i < 100; i++) {
+    text = await scrape(stack, 'infer').catch(() => '');
+    if (
+      sample(text, 'sd_stage_jobs_failed_total', { stage: 'infer', code: 'DEADLINE_EXCEEDED' }) >= 1
+    )
+      break;
+    await sleep(100);
+  }
+  assert.equal(
+    sample(text, 'sd_stage_jobs_failed_total', { stage: 'infer', code: 'DEADLINE_EXCEEDED' }),
+    1,
+  );
+  assert.equal(sample(text, 'sd_inference_images_total'), 0);
   assert.equal((await postJson(stack, '/infer/object_detection', await body())).status, 200);
 });
