@@ -83,6 +83,33 @@ test('requests over MAX_INFLIGHT are refused with 429; the accepted ones succeed
   );
   await sleep(300);
   await expect429(/in flight/);
+
+  // Far more than capacity at once: every extra request is refused quickly and the gateway's
+  // memory does not grow with them.
+  const rss = async () =>
+    sample(await scrape(stack, 'gateway'), 'sd_process_resident_memory_bytes');
+  const before = await rss();
+  const burst = JSON.stringify(await body());
+  const started = Date.now();
+  const statuses = await Promise.all(
+    Array.from({ length: 400 }, async () => {
+      const res = await fetch(`${stack.url}/infer/object_detection`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: burst,
+      });
+      await res.arrayBuffer();
+      return res.status;
+    }),
+  );
+  assert.ok(
+    statuses.every((st) => st === 429),
+    `statuses: ${[...new Set(statuses)].join(', ')}`,
+  );
+  assert.ok(Date.now() - started < 10_000, `400 refusals took ${Date.now() - started} ms`);
+  const grown = (await rss()) - before;
+  assert.ok(grown < 64 * 1024 * 1024, `gateway memory grew by ${Math.round(grown / 1e6)} MB`);
+
   stack.add('post');
   for (const r of await Promise.all(accepted)) assert.equal(r.status, 200);
   // Slots are given back: the gateway accepts again.
