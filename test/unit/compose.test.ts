@@ -28,6 +28,7 @@ interface Service {
   healthcheck?: { test?: string[] | string; disable?: boolean };
   depends_on?: Record<string, { condition?: string }> | string[];
   restart?: string;
+  read_only?: boolean;
   environment?: Record<string, string | number | boolean | null>;
   volumes?: Array<{ source?: string; target?: string; read_only?: boolean } | string>;
   profiles?: string[];
@@ -212,6 +213,10 @@ describe('docker-compose.yml', { skip }, () => {
   test('every service restarts unless stopped', () => {
     for (const [name, service] of Object.entries(services()))
       assert.equal(service.restart, 'unless-stopped', name);
+  });
+
+  test('the roles run with a read-only root filesystem', () => {
+    for (const role of APP_ROLES) assert.equal(services()[role]?.read_only, true, role);
   });
 
   test('the roles run from docker/Dockerfile, each its own entry point, against the redis service', () => {
