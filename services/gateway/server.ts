@@ -266,6 +266,9 @@ async function runPipeline(
       return response;
     }),
   );
+  // An image can fail (and its wait reject) while the jobs are still being enqueued, before
+  // anything awaits the waits: mark them handled now; Promise.all below still sees the error.
+  for (const w of waits) w.catch(() => {});
   try {
     const store = redis.multi();
     parsed.images.forEach((img, i) => {
@@ -286,8 +289,6 @@ async function runPipeline(
   } catch (err) {
     for (const job of jobs) waiter.cancel(job.id);
     await redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
-    // Silence the waits nobody will read now.
-    for (const w of waits) w.catch(() => {});
     throw err;
   }
 }

@@ -278,6 +278,18 @@ describe('object detection over HTTP', () => {
     assert.equal(malformed.status, 400);
     assert.equal(((await malformed.json()) as { code: string }).code, 'INVALID_REQUEST');
 
+    // A list whose first image fails fast while the rest are still being enqueued: the
+    // request gets the error and the gateway lives on.
+    const good = (await drawImage(480, 360, SCENE)).toString('base64');
+    const mixed = await postJson(stack, '/infer/object_detection', {
+      image: [
+        { type: 'base64', value: Buffer.from('broken').toString('base64') },
+        ...Array.from({ length: 8 }, () => ({ type: 'base64', value: good })),
+      ],
+    });
+    assert.equal(mixed.status, 400);
+    assert.equal((mixed.body as { code: string }).code, 'IMAGE_DECODE_FAILED');
+
     const ok = await postJson(
       stack,
       '/infer/object_detection',
