@@ -11,8 +11,21 @@ export function createLogger(role: string, level: string): Logger {
   return pino({
     level,
     base: { role, pid: process.pid },
+    serializers: { err: serializeError },
     ...(pretty ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {}),
   });
+}
+
+/**
+ * pino's error serializer, minus what can carry secrets: ioredis attaches the failed command
+ * (an AUTH's arguments are the Redis password) to its errors and to their previous errors.
+ */
+function serializeError(err: unknown): unknown {
+  if (!(err instanceof Error)) return err;
+  const out = pino.stdSerializers.err(err) as unknown as Record<string, unknown>;
+  delete out['command'];
+  delete out['previousErrors'];
+  return out;
 }
 
 function canResolve(name: string): boolean {

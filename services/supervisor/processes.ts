@@ -58,6 +58,8 @@ export async function startRedisServer(
   stdio: StdioOptions = 'ignore',
   /** A given port (to restart a server where it was); default a free one. */
   port?: number,
+  /** A password the server requires (it then appears in the returned URL). */
+  password?: string,
 ): Promise<{ url: string; process: ChildProcess }> {
   port ??= await freePort();
   const child = spawn(
@@ -73,6 +75,7 @@ export async function startRedisServer(
       'no',
       '--maxmemory-policy',
       'noeviction',
+      ...(password ? ['--requirepass', password] : []),
     ],
     { stdio },
   );
@@ -90,7 +93,7 @@ export async function startRedisServer(
       reject(new RedisServerError(`redis-server exited with code ${code} at startup`)),
     );
   });
-  const url = `redis://127.0.0.1:${port}`;
+  const url = `redis://${password ? `:${encodeURIComponent(password)}@` : ''}127.0.0.1:${port}`;
   await Promise.race([waitForRedis(url, 10_000), spawnError]);
   child.removeAllListeners('exit');
   return { url, process: child };

@@ -51,3 +51,33 @@ test('the stack survives a Redis restart', async () => {
     ['blue'],
   );
 });
+
+test('Redis with a password: the stack serves, and the password never reaches the logs', async () => {
+  const password = 'pw-5c0f1e7d9a';
+  const secured = await startRedisServer('ignore', undefined, password);
+  const withPassword = await startStack({ redisUrl: secured.url });
+  try {
+    const png = await drawImage(160, 120, [{ colour: 'green', x: 20, y: 20, w: 50, h: 40 }]);
+    const res = await postJson(withPassword, '/infer/object_detection', {
+      image: { type: 'base64', value: png.toString('base64') },
+    });
+    assert.equal(res.status, 200);
+    assert.deepEqual(
+      (res.body as DetectionResponse).predictions.map((p) => p.class),
+      ['green'],
+    );
+    // A wrong password is a clear startup failure that does not print the URL's secret.
+    const wrongUrl = secured.url.replace(password, 'wrong-secret-77');
+    const wrong = await startStack({ redisUrl: wrongUrl, roles: ['pre'], waitReady: false });
+    await new Promise((r) => setTimeout(r, 1500));
+    await wrong.stop();
+    const logs = [...withPassword.logs(), ...wrong.logs()].join('\n');
+    assert.ok(
+      !logs.includes(password) && !logs.includes('wrong-secret-77'),
+      'a Redis password was logged',
+    );
+  } finally {
+    await withPassword.stop();
+    await stopProcess(secured.process);
+  }
+});
