@@ -26,6 +26,7 @@ before(async () => {
       API_KEYS: INLINE.join(','),
       API_KEYS_FILE: join(dir, 'keys.txt'),
       METRICS_REQUIRE_KEY: 'true',
+      ALLOW_URL_INPUT: 'false',
     },
   });
 });
@@ -75,4 +76,16 @@ test('API keys: required on inference and admin routes, accepted from body, quer
   await new Promise((r) => setTimeout(r, 200));
   const logs = stack.logs().join('\n');
   for (const key of [...INLINE, FROM_FILE]) assert.ok(!logs.includes(key), 'an API key was logged');
+});
+
+test('ALLOW_URL_INPUT=false refuses image URLs at the gateway', async () => {
+  const res = await fetch(`${stack.url}/infer/object_detection`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${INLINE[0]}` },
+    body: JSON.stringify({ image: { type: 'url', value: 'https://example.com/a.jpg' } }),
+  });
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as { code: string; message: string };
+  assert.equal(body.code, 'INVALID_REQUEST');
+  assert.match(body.message, /URLs are turned off/);
 });
