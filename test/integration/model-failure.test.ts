@@ -1,0 +1,100 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import {
+  DataType,
+  encodeModel,
+  GraphBuilder,
+  attrInt,
+  attrInts,
+} from '../../services/infer/tiny-model/onnx-builder.js';
+import { drawImage } from '../helpers/images.js';
+import { sample, scrape } from '../helpers/metrics.js';
+import {
+  postJson,
+  startRedis,
+  startStack,
+  type RedisHandle,
+  type Stack,
+} from '../helpers/stack.js';
+
+/**
+ * A model that fails at run time on some inputs fails the affected requests with a clear error,
+ * and the inference process goes on serving. The model here declares a dynamic batch but
+ * reshapes its input to a batch of 1, so every batch of two or more images fails inside
+ * onnxruntime, while single images run (and detect nothing).
+ */
+const S = 64;
+let dir: string;
+let redis: RedisHandle;
+let stack: Stack;
+
+function batchOfOneModel(): Uint8Array {
+  const g = new GraphBuilder();
+  const images = g.reserve('images');
+  const one = g.op('Reshape', [images, g.constInt64('shape', [4], [1, 3, S, S])], 'one');
+  const max = g.op('ReduceMax', [one], 'max', { axes: attrInts([1, 2, 3]), keepdims: attrInt(1) });
+  const flat = g.op('Reshape', [max, g.constInt64('flat', [3], [1, 1, 1])], 'flat');
+  const output = g.op(
+    'Mul',
+    [flat, g.constFloat('zeros', [1, 7, 6], new Array(42).fill(0))],
+    'output0',
+  );
+  return encodeModel({
+    graphName: 'batch_of_one',
+    producerName: 'staged-detect tests',
+    nodes: g.nodes,
+    initializers: g.initializers,
+    inputs: [{ name: images, elemType: DataType.FLOAT, dims: ['batch', 3, S, S] }],
+    outputs: [{ name: output, elemType: DataType.FLOAT, dims: ['batch', 7, 6] }],
+  });
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'sd-model-'));
+  writeFileSync(join(dir, 'batch-of-one.onnx'), batchOfOneModel());
+  redis = await startRedis();
+  stack = await startStack({
+    redisUrl: redis.url,
+    env: { MODEL_PATH: join(dir, 'batch-of-one.onnx'), MAX_BATCH_DELAY_MS: '300' },
+  });
+});
+
+after(async () => {
+  await stack?.stop();
+  await redis?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a batch the model cannot run fails its requests clearly; the next batch is served', async () => {
+  const png = await drawImage(100, 80, []);
+  const body = { image: { type: 'base64', value: png.toString('base64') } };
+  const together = await Promise.all(
+    [1, 2].map(() => postJson(stack, '/infer/object_detection', body)),
+  );
+  const failed = together.filter((r) => r.status === 500);
+  assert.ok(failed.length >= 1, `statuses: ${together.map((r) => r.status).join(', ')}`);
+  for (const r of failed) {
+    const err = r.body as { code: string; message: string };
+    assert.equal(err.code, 'MODEL_EXECUTION_FAILED');
+    assert.match(err.message, /the model failed on this batch/);
+  }
+  for (const r of together) assert.ok(r.status === 500 || r.status === 200);
+
+  const alone = await postJson(stack, '/infer/object_detection', body);
+  assert.equal(alone.status, 200, JSON.stringify(alone.body));
+  const metrics = await scrape(stack, 'infer');
+  assert.ok(
+    sample(metrics, 'sd_stage_jobs_failed_total', {
+      stage: 'infer',
+      code: 'MODEL_EXECUTION_FAILED',
+    }) >= 1,
+  );
+  assert.equal(
+    stack.roles.find((r) => r.role === 'infer')?.process.exitCode,
+    null,
+    'infer still runs',
+  );
+});
