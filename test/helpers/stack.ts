@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { after, before } from 'node:test';
 import { Redis } from 'ioredis';
 import {
   freePort,
@@ -166,4 +167,25 @@ export async function keysOf(redis: Redis, prefix: string): Promise<string[]> {
     keys.push(...batch);
   } while (cursor !== '0');
   return keys.sort();
+}
+
+/**
+ * Gives a test file one Redis and one stack: started before its tests (handed over through
+ * `ready`), stopped after them.
+ */
+export function suiteStack(
+  opts: Omit<StackOptions, 'redisUrl'>,
+  ready: (stack: Stack, redis: RedisHandle) => void,
+): void {
+  let redis: RedisHandle | undefined;
+  let stack: Stack | undefined;
+  before(async () => {
+    redis = await startRedis();
+    stack = await startStack({ ...opts, redisUrl: redis.url });
+    ready(stack, redis);
+  });
+  after(async () => {
+    await stack?.stop();
+    await redis?.stop();
+  });
 }

@@ -1,18 +1,11 @@
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { drawImage, drawPixels, type Shape } from '../helpers/images.js';
-import {
-  keysOf,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
  * A corpus of bad and unusual inputs: each bad one gets a clear 4xx JSON error with a stable
@@ -22,18 +15,15 @@ import {
 let redis: RedisHandle;
 let stack: Stack;
 
-before(async () => {
-  redis = await startRedis();
-  stack = await startStack({
-    redisUrl: redis.url,
+suiteStack(
+  {
     env: { MAX_IMAGE_PIXELS: '1000000', MAX_BODY_BYTES: '2000000', MAX_IMAGES_PER_REQUEST: '4' },
-  });
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
-});
+  },
+  (s, r) => {
+    stack = s;
+    redis = r;
+  },
+);
 
 const RED: Shape = { colour: 'red', x: 20, y: 30, w: 60, h: 40 };
 const BLUE: Shape = { colour: 'blue', x: 100, y: 60, w: 50, h: 50 };

@@ -1,36 +1,22 @@
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { Ajv } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
 import { sample, scrape as scrapeRole } from '../helpers/metrics.js';
-import {
-  logEvents,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * Seeing inside the pipeline: each role's /metrics counts exactly what was sent, the queue
  * gauges follow a stopped stage, /readyz follows the inference process, /docs documents the
  * real response, and one inference id can be followed through the logs of all four roles.
  */
-let redis: RedisHandle;
 let stack: Stack;
 
-before(async () => {
-  redis = await startRedis();
-  stack = await startStack({ redisUrl: redis.url, env: { MAX_BATCH_DELAY_MS: '20' } });
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+suiteStack({ env: { MAX_BATCH_DELAY_MS: '20' } }, (s) => {
+  stack = s;
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

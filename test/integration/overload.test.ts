@@ -1,16 +1,9 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
 import { sample, scrape } from '../helpers/metrics.js';
-import {
-  keysOf,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
  * Overload is refused early and cheaply (429 with Retry-After, before the image is read), the
@@ -19,17 +12,9 @@ import {
 let redis: RedisHandle;
 let stack: Stack;
 
-before(async () => {
-  redis = await startRedis();
-  stack = await startStack({
-    redisUrl: redis.url,
-    env: { MAX_INFLIGHT: '3', MAX_QUEUE_DEPTH: '2' },
-  });
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+suiteStack({ env: { MAX_INFLIGHT: '3', MAX_QUEUE_DEPTH: '2' } }, (s, r) => {
+  stack = s;
+  redis = r;
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -8,8 +8,7 @@ import {
   keysOf,
   logEvents,
   postJson,
-  startRedis,
-  startStack,
+  suiteStack,
   type RedisHandle,
   type Stack,
 } from '../helpers/stack.js';
@@ -53,13 +52,13 @@ function assertShapes(predictions: Prediction[], shapes: Shape[]): void {
   }
 }
 
+// The test's own image server is on loopback, which image URLs may not reach by default.
+suiteStack({ env: { MAX_BATCH_DELAY_MS: '40', ALLOW_PRIVATE_URLS: 'true' } }, (s, r) => {
+  stack = s;
+  redis = r;
+});
+
 before(async () => {
-  redis = await startRedis();
-  // The test's own image server is on loopback, which image URLs may not reach by default.
-  stack = await startStack({
-    redisUrl: redis.url,
-    env: { MAX_BATCH_DELAY_MS: '40', ALLOW_PRIVATE_URLS: 'true' },
-  });
   imageServer = createServer((req, res) => {
     const body = served.get(req.url ?? '');
     if (!body) return void res.writeHead(404).end();
@@ -69,10 +68,8 @@ before(async () => {
   imageServerUrl = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
 });
 
-after(async () => {
-  await stack?.stop();
+after(() => {
   imageServer?.close();
-  await redis?.stop();
 });
 
 describe('object detection over HTTP', () => {

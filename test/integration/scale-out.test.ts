@@ -1,32 +1,18 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { drawImage } from '../helpers/images.js';
-import {
-  logEvents,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * Redis is the only thing the stages share: a group of `pre` and `post` processes started
  * separately (as on another machine, given the same REDIS_URL and REDIS_PREFIX) joins a
  * running stack and takes its work.
  */
-let redis: RedisHandle;
 let stack: Stack;
 
-before(async () => {
-  redis = await startRedis();
-  stack = await startStack({ redisUrl: redis.url });
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+suiteStack({}, (s) => {
+  stack = s;
 });
 
 test('a separately started pre/post group joins a running stack and serves it', async () => {
