@@ -28,6 +28,14 @@ export function handleShutdown(log: Logger, close: () => Promise<void>, timeoutM
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Under `npm start` each role runs in its own process group (so a terminal's Ctrl-C reaches
+  // only the supervisor); if the supervisor dies without stopping it, the role stops itself.
+  const supervisor = Number(process.env['SUPERVISOR_PID'] ?? 0);
+  if (supervisor > 0) {
+    setInterval(() => {
+      if (process.ppid !== supervisor) onSignal('SIGTERM');
+    }, 1000).unref();
+  }
 }
 
 /** Runs each cleanup step in order, logging and continuing past failures. */

@@ -1,7 +1,7 @@
 import { Queue, Worker, UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { JobPayloads, QueueName } from './contracts.js';
-import { ErrorCode, PipelineError, toErrorBody } from './errors.js';
+import type { JobPayloads, QueueName, RequestContext } from './contracts.js';
+import { ErrorCode, PipelineError, toErrorBody, type ErrorBody } from './errors.js';
 import type { Keys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { StageMetrics } from './metrics.js';
@@ -68,6 +68,22 @@ export function createStageWorker<Q extends QueueName>(
   opts: StageWorkerOptions<Q>,
 ): Worker<JobPayloads[Q]> {
   const { keys, client, logger } = opts;
+  /** Tells the waiting gateway that this image failed, and drops the image's data. */
+  const answerWithError = async (data: RequestContext, error: ErrorBody, log: Logger) => {
+    try {
+      await sendResult(
+        client,
+        keys,
+        data.replyTo,
+        { id: data.id, ok: false, error },
+        opts.replyTtlSeconds,
+      );
+      // Nothing downstream will consume this image's data now.
+      await client.del(...keys.requestData(data.id));
+    } catch (err) {
+      log.error({ err }, 'could not send the error result');
+    }
+  };
   const worker = new Worker<JobPayloads[Q]>(
     opts.queue,
     async (job) => {
@@ -96,19 +112,7 @@ export function createStageWorker<Q extends QueueName>(
         const error = toErrorBody(err);
         opts.metrics.failed.inc({ ...stage, code: error.code });
         log.warn({ err, code: error.code, attempt: job.attemptsMade + 1, final }, 'job failed');
-        if (final) {
-          await sendResult(
-            client,
-            keys,
-            data.replyTo,
-            { id: data.id, ok: false, error },
-            opts.replyTtlSeconds,
-          ).catch((sendErr: unknown) =>
-            log.error({ err: sendErr }, 'could not send the error result'),
-          );
-          // Nothing downstream will consume this image's data now.
-          await client.del(...keys.requestData(data.id)).catch(() => {});
-        }
+        if (final) await answerWithError(data, error, log);
         if (unrecoverable) throw new UnrecoverableError(`${error.code}: ${error.message}`);
         throw err;
       }
@@ -133,18 +137,9 @@ export function createStageWorker<Q extends QueueName>(
       message: `the ${opts.queue} stage lost this image twice (its workers died)`,
     };
     opts.metrics.failed.inc({ stage: opts.queue, code: error.code });
-    logger.error({ inference_id: job.data.id, stage: opts.queue }, error.message);
-    void sendResult(
-      client,
-      keys,
-      job.data.replyTo,
-      { id: job.data.id, ok: false, error },
-      opts.replyTtlSeconds,
-    )
-      .then(() => client.del(...keys.requestData(job.data.id)))
-      .catch((sendErr: unknown) =>
-        logger.error({ err: sendErr }, 'could not send the error result'),
-      );
+    const log = logger.child({ inference_id: job.data.id, stage: opts.queue });
+    log.error(error.message);
+    void answerWithError(job.data, error, log);
   });
   worker.on('stalled', (jobId) => {
     opts.metrics.stalled.inc({ stage: opts.queue });

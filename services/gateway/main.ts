@@ -73,7 +73,8 @@ async function serve(config: Config, log: Logger): Promise<void> {
 
 function runPrimary(count: number, log: Logger): void {
   let stopping = false;
-  const fork = () => cluster.fork();
+  // The workers' parent is this primary: they stop if it dies (see lifecycle.ts).
+  const fork = () => cluster.fork({ SUPERVISOR_PID: String(process.pid) });
   for (let i = 0; i < count; i++) fork();
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) {

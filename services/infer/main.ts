@@ -3,7 +3,6 @@ import { QueueName, contextOf, type InferJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { publishModel } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
-import { execMulti } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { Batcher } from './batcher.js';
 import { InferenceMetrics } from './metrics.js';
@@ -98,16 +97,12 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
           'the preprocessed image is no longer in Redis',
         );
       const result = await batcher.submit({ job, pixels });
-      await execMulti(
-        client
-          .multi()
-          .set(
-            keys.candidates(job.id),
-            encodeCandidates(result.candidates),
-            'EX',
-            config.dataTtlSeconds,
-          )
-          .del(keys.pixels(job.id)),
+      // The pixels stay until `post` finishes the image, so a retry after a crash finds them.
+      await client.set(
+        keys.candidates(job.id),
+        encodeCandidates(result.candidates),
+        'EX',
+        config.dataTtlSeconds,
       );
       await enqueue(postQueue, {
         ...contextOf(job),

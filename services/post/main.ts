@@ -37,7 +37,8 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         { id: job.id, ok: true, response },
         config.dataTtlSeconds,
       );
-      await client.del(keys.candidates(job.id));
+      // The image is finished: its data in every stage's key goes now.
+      await client.del(...keys.requestData(job.id));
       log.debug(
         { detections: response.predictions.length, batchSize: job.batchSize },
         'result sent',

@@ -3,7 +3,6 @@ import { QueueName, contextOf } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
-import { execMulti } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { loadImageBytes } from './image-source.js';
 import { letterboxImage } from './preprocess.js';
@@ -41,12 +40,9 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         job.autoOrient,
         { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
       );
-      await execMulti(
-        client
-          .multi()
-          .set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds)
-          .del(keys.image(job.id)),
-      );
+      // The upload stays until `post` finishes the image: a retry of this job after a crash
+      // between here and the enqueue must still find it.
+      await client.set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds);
       await enqueue(inferQueue, { ...contextOf(job), letterbox });
       log.debug(
         { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },

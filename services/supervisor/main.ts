@@ -47,7 +47,7 @@ async function main(): Promise<void> {
   }
   await checkPortFree(config.gateway.host, config.gateway.port);
 
-  const env = { ...process.env, REDIS_URL: redisUrl };
+  const env = { ...process.env, REDIS_URL: redisUrl, SUPERVISOR_PID: String(process.pid) };
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
   try {
     await startRole('infer', 1, env, redis, 120_000);

@@ -102,8 +102,9 @@ describe('npm start (the supervisor)', () => {
           headers: { 'content-type': 'image/png' },
           body: image,
         });
-        assert.equal(res.status, 200);
-        return (await res.json()) as DetectionResponse;
+        const body = (await res.json()) as DetectionResponse;
+        assert.equal(res.status, 200, JSON.stringify(body));
+        return body;
       };
       assert.deepEqual(
         (await infer()).predictions.map((p) => p.class),
@@ -159,6 +160,15 @@ describe('npm start (the supervisor)', () => {
       await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
     } finally {
       run.child.kill('SIGKILL');
+      // On failure, leave nothing running (the roles also stop by themselves once the
+      // supervisor is gone).
+      for (const e of events(run)) {
+        try {
+          process.kill(e['pid'] as number, 'SIGKILL');
+        } catch {
+          // Already gone.
+        }
+      }
     }
   });
 

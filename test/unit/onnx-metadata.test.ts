@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { requireShared } from '../helpers/shared-data.js';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import {
@@ -135,11 +135,7 @@ void test('parseClassNames: Python dict reprs', () => {
 });
 
 void test('readOnnxMetadata: real Ultralytics and YOLOX files', async (t) => {
-  if (!existsSync(MODELS_DIR)) {
-    if (process.env['CI']) assert.fail(`shared models folder ${MODELS_DIR} is missing on CI`);
-    t.skip(`shared models folder ${MODELS_DIR} not present`);
-    return;
-  }
+  if (!requireShared(t, 'models/yolov8n-dynamic.onnx')) return;
   const yolo = readOnnxMetadata(await readFile(`${MODELS_DIR}yolov8n-dynamic.onnx`));
   assert.equal(yolo['task'], 'detect');
   assert.equal(yolo['imgsz'], '[640, 640]');
