@@ -51,8 +51,7 @@ export interface InferJob extends RequestContext {
 
 export interface PostJob extends RequestContext {
   letterbox: Letterbox;
-  /** Epoch ms when the batch that held this image started on the model. */
-  inferStartedAt: number;
+  /** Images in the batch that held this image, for the logs. */
   batchSize: number;
 }
 

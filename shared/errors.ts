@@ -87,10 +87,6 @@ export interface ErrorBody {
   message: string;
 }
 
-export function isErrorCode(value: unknown): value is ErrorCode {
-  return typeof value === 'string' && value in HTTP_STATUS;
-}
-
 /** Any thrown value as an ErrorBody; unknown errors become INTERNAL with their message. */
 export function toErrorBody(err: unknown): ErrorBody {
   if (err instanceof PipelineError) return { code: err.code, message: err.message };

@@ -60,11 +60,6 @@ export class ResultWaiter {
     this.pending.delete(id);
   }
 
-  /** Requests still waiting for their result. */
-  get size(): number {
-    return this.pending.size;
-  }
-
   /** Stops the loop; waits still pending are rejected. Idempotent. */
   async close(): Promise<void> {
     if (!this.closed) {

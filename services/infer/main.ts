@@ -20,7 +20,6 @@ interface BatchItem {
 
 interface ItemResult {
   candidates: Float32Array;
-  startedAt: number;
   batchSize: number;
 }
 
@@ -51,7 +50,6 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
         'request deadline passed before the model ran',
       ),
     run: async (items) => {
-      const startedAt = Date.now();
       try {
         const out = await model.run(
           items.map((i) => i.pixels),
@@ -65,7 +63,6 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
         log.debug({ size: items.length, ...out.timings }, 'batch done');
         return out.candidates.map((candidates) => ({
           candidates,
-          startedAt,
           batchSize: items.length,
         }));
       } catch (err) {
@@ -107,7 +104,6 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
       await enqueue(postQueue, {
         ...contextOf(job),
         letterbox: job.letterbox,
-        inferStartedAt: result.startedAt,
         batchSize: result.batchSize,
       });
       jobLog.debug(
