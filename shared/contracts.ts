@@ -36,6 +36,22 @@ export interface RequestContext {
   receivedAt: number;
   /** Epoch ms after which nobody waits for the result. */
   deadline: number;
+  /** When each stage started and finished with the image so far. */
+  marks: StageMarks;
+}
+
+/**
+ * Epoch-ms marks of one image's way through the stages (wall clock, so stages on different
+ * machines need synchronised clocks). The gateway turns them into the `Server-Timing` header.
+ */
+export interface StageMarks {
+  preStart?: number;
+  preEnd?: number;
+  /** When the batch holding the image went to the model. */
+  inferStart?: number;
+  inferEnd?: number;
+  postStart?: number;
+  postEnd?: number;
 }
 
 export type ImageSource = { kind: 'stored' } | { kind: 'url'; url: string };
@@ -84,7 +100,7 @@ export interface DetectionResponse {
 
 /** What a stage pushes onto a gateway's reply list when an image is finished. */
 export type ResultMessage =
-  | { id: string; ok: true; response: DetectionResponse }
+  | { id: string; ok: true; response: DetectionResponse; marks: StageMarks }
   | { id: string; ok: false; error: ErrorBody };
 
 /** Published by the inference process with its heartbeat; read by the gateway and `post`. */
@@ -101,6 +117,11 @@ export interface ModelDescription {
 
 /** The request context of a job, without the stage-specific fields, for the next stage's job. */
 export function contextOf(job: RequestContext): RequestContext {
-  const { id, modelId, params, replyTo, receivedAt, deadline } = job;
-  return { id, modelId, params, replyTo, receivedAt, deadline };
+  const { id, modelId, params, replyTo, receivedAt, deadline, marks } = job;
+  return { id, modelId, params, replyTo, receivedAt, deadline, marks };
+}
+
+/** Epoch ms with sub-millisecond precision, for stage marks. */
+export function nowMs(): number {
+  return performance.timeOrigin + performance.now();
 }

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import type { DetectionResponse, ResultMessage } from '../../shared/contracts.js';
+import type { DetectionResponse, ResultMessage, StageMarks } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 
@@ -9,8 +9,14 @@ import type { Logger } from '../../shared/logger.js';
  * every wait also has a timer that ends it with DEADLINE_EXCEEDED at the request's deadline, so
  * no request waits forever whatever happens downstream.
  */
+/** A finished image: its response and the stage marks it collected on the way. */
+export interface ImageResult {
+  response: DetectionResponse;
+  marks: StageMarks;
+}
+
 interface PendingWait {
-  resolve: (r: DetectionResponse) => void;
+  resolve: (r: ImageResult) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
 }
@@ -34,8 +40,8 @@ export class ResultWaiter {
   }
 
   /** Registers a wait; call before the job is enqueued so a fast result cannot be missed. */
-  wait(id: string, deadline: number): Promise<DetectionResponse> {
-    return new Promise<DetectionResponse>((resolve, reject) => {
+  wait(id: string, deadline: number): Promise<ImageResult> {
+    return new Promise<ImageResult>((resolve, reject) => {
       const timer = setTimeout(
         () => {
           this.pending.delete(id);
@@ -103,7 +109,7 @@ export class ResultWaiter {
     if (!w) return; // Already answered (deadline) or cancelled.
     clearTimeout(w.timer);
     this.pending.delete(msg.id);
-    if (msg.ok) w.resolve(msg.response);
+    if (msg.ok) w.resolve({ response: msg.response, marks: msg.marks });
     else w.reject(new PipelineError(msg.error.code, msg.error.message));
   }
 }

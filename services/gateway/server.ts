@@ -11,7 +11,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
-import type { DetectionResponse, ModelDescription, PreJob } from '../../shared/contracts.js';
+import type { ModelDescription, PreJob } from '../../shared/contracts.js';
 import { ErrorCode, HTTP_STATUS, PipelineError, type ErrorBody } from '../../shared/errors.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import type { Keys } from '../../shared/keys.js';
@@ -25,7 +25,8 @@ import { ApiKeys } from './auth.js';
 import { registerDashboard } from './dashboard.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
-import type { ResultWaiter } from './result-waiter.js';
+import type { ImageResult, ResultWaiter } from './result-waiter.js';
+import { serverTiming } from './server-timing.js';
 
 /**
  * The gateway's HTTP API (Roboflow-compatible): it validates requests, stores uploaded image
@@ -160,7 +161,10 @@ export async function buildServer(deps: GatewayDeps) {
       (ids) => inferenceIds.set(req, ids),
       abandoned.signal,
     );
-    return parsed.isList ? results : results[0];
+    if (parsed.isList) return results.map((r) => r.response);
+    const only = results[0]!;
+    void reply.header('server-timing', serverTiming(only.receivedAt, only.marks, Date.now()));
+    return only.response;
   });
 
   app.get('/metrics', config.gateway.metricsRequireKey ? needsKey : {}, async (_req, reply) => {
@@ -244,7 +248,7 @@ async function runPipeline(
   modelId: string,
   onIds: (ids: string[]) => void,
   abandoned: AbortSignal,
-): Promise<DetectionResponse[]> {
+): Promise<Array<ImageResult & { receivedAt: number }>> {
   const { config, keys, redis, waiter } = deps;
   const receivedAt = Date.now();
   // A request may ask for a shorter deadline, never a longer one.
@@ -256,14 +260,15 @@ async function runPipeline(
     replyTo: deps.gatewayId,
     receivedAt,
     deadline,
+    marks: {},
     autoOrient: parsed.autoOrient,
     source: img.kind === 'url' ? { kind: 'url', url: img.url } : { kind: 'stored' },
   }));
   onIds(jobs.map((j) => j.id));
   const waits = jobs.map((job) =>
-    waiter.wait(job.id, deadline).then((response) => {
+    waiter.wait(job.id, deadline).then((result) => {
       deps.metrics.imageLatency.observe({ model_id: modelId }, (Date.now() - receivedAt) / 1000);
-      return response;
+      return { ...result, receivedAt };
     }),
   );
   // An image can fail (and its wait reject) while the jobs are still being enqueued, before

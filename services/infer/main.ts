@@ -1,5 +1,5 @@
 import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
-import { QueueName, contextOf, type InferJob } from '../../shared/contracts.js';
+import { QueueName, contextOf, nowMs, type InferJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { publishModel } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
@@ -21,6 +21,8 @@ interface BatchItem {
 interface ItemResult {
   candidates: Float32Array;
   batchSize: number;
+  inferStart: number;
+  inferEnd: number;
 }
 
 runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
@@ -51,6 +53,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
       ),
     run: async (items) => {
       try {
+        const inferStart = nowMs();
         const out = await model.run(
           items.map((i) => i.pixels),
           items.map((i) => ({
@@ -61,9 +64,12 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
         );
         metrics.batch(items.length, out.timings);
         log.debug({ size: items.length, ...out.timings }, 'batch done');
+        const inferEnd = nowMs();
         return out.candidates.map((candidates) => ({
           candidates,
           batchSize: items.length,
+          inferStart,
+          inferEnd,
         }));
       } catch (err) {
         throw new PipelineError(
@@ -103,6 +109,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
       );
       await enqueue(postQueue, {
         ...contextOf(job),
+        marks: { ...job.marks, inferStart: result.inferStart, inferEnd: result.inferEnd },
         letterbox: job.letterbox,
         batchSize: result.batchSize,
       });

@@ -1,5 +1,5 @@
 import { decodeCandidates } from '../../shared/candidates.js';
-import { QueueName } from '../../shared/contracts.js';
+import { QueueName, nowMs } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { sendResult } from '../../shared/reply.js';
@@ -16,6 +16,7 @@ runStage(QueueName.post, ({ config, keys, client }) => {
   return {
     concurrency: config.post.concurrency,
     process: async (job, log) => {
+      const postStart = nowMs();
       const model = await models.get(job.modelId);
       if (!model)
         throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
@@ -34,7 +35,7 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         client,
         keys,
         job.replyTo,
-        { id: job.id, ok: true, response },
+        { id: job.id, ok: true, response, marks: { ...job.marks, postStart, postEnd: nowMs() } },
         config.dataTtlSeconds,
       );
       // The image is finished: its data in every stage's key goes now.

@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import { QueueName, contextOf } from '../../shared/contracts.js';
+import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
@@ -23,6 +23,7 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
   return {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
+      const preStart = nowMs();
       const model = await models.get(job.modelId);
       if (!model)
         throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
@@ -43,7 +44,8 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.
       await client.set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds);
-      await enqueue(inferQueue, { ...contextOf(job), letterbox });
+      const marks = { ...job.marks, preStart, preEnd: nowMs() };
+      await enqueue(inferQueue, { ...contextOf(job), marks, letterbox });
       log.debug(
         { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
         'preprocessed',

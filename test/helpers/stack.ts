@@ -148,13 +148,13 @@ export async function postJson(
   stack: Stack,
   path: string,
   body: unknown,
-): Promise<{ status: number; body: unknown }> {
+): Promise<{ status: number; body: unknown; headers: Headers }> {
   const res = await fetch(`${stack.url}${path}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(body),
   });
-  return { status: res.status, body: await res.json() };
+  return { status: res.status, body: await res.json(), headers: res.headers };
 }
 
 /** Every key under a stack's prefix. */

@@ -83,6 +83,19 @@ describe('object detection over HTTP', () => {
     assert.ok(body.time > 0 && body.time < 30);
     // The tiny detector emits a near-duplicate of every box: NMS must have removed it.
     assertShapes(body.predictions, SCENE);
+    // Where the time went, stage by stage.
+    const timing = Object.fromEntries(
+      (res.headers.get('server-timing') ?? '').split(', ').map((entry): [string, number] => {
+        const [name, dur] = entry.split(';dur=');
+        return [name ?? '', Number(dur)];
+      }),
+    );
+    const stages = ['pre-queue', 'pre', 'infer-queue', 'infer', 'post-queue', 'post', 'total'];
+    assert.deepEqual(Object.keys(timing), stages, res.headers.get('server-timing') ?? 'none');
+    for (const name of stages) assert.ok(timing[name]! >= 0, `${name}: ${timing[name]}`);
+    const parts = stages.slice(0, -1).reduce((sum, name) => sum + timing[name]!, 0);
+    assert.ok(parts <= timing['total']! + 1, `stages ${parts} ms > total ${timing['total']} ms`);
+    assert.ok(timing['infer']! > 0 && timing['pre']! > 0, JSON.stringify(timing));
   });
 
   test('a portrait image and a data: URL prefix', async () => {
