@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { basename, extname } from 'node:path';
 import { z } from 'zod';
+import { MODEL_LAYOUTS, type ModelLayout } from './model-layout.js';
 
 /**
  * The one configuration schema. Every role parses the environment once at startup with
@@ -34,6 +35,8 @@ const EnvSchema = z.object({
   MODEL_ID: z.string().min(1).optional(),
   /** Class names file, one per line; used when the model embeds no `names` metadata. */
   CLASS_NAMES: z.string().min(1).optional(),
+  /** Output layout of MODEL_PATH; unset detects it from the output shape and metadata. */
+  MODEL_LAYOUT: z.enum(MODEL_LAYOUTS).optional(),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
   /**
    * How long a worker's claim on a job lasts without renewal. A job whose worker died is taken
@@ -101,6 +104,8 @@ export interface Config {
     modelPath: string | undefined;
     modelId: string;
     classNamesPath: string | undefined;
+    /** Output layout; undefined detects it (see services/infer/model-layout.ts). */
+    layout: ModelLayout | undefined;
   };
   requestTimeoutMs: number;
   jobLockMs: number;
@@ -162,6 +167,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       modelPath: e.MODEL_PATH,
       modelId,
       classNamesPath: e.CLASS_NAMES,
+      layout: e.MODEL_LAYOUT,
     },
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     jobLockMs: e.JOB_LOCK_MS,

@@ -1,5 +1,6 @@
 import type { ErrorBody } from './errors.js';
 import type { Letterbox } from './letterbox.js';
+import type { ModelLayout, Preprocessing } from './model-layout.js';
 
 /**
  * What the roles agree on: queue names, each queue's job payload, the result message and the
@@ -113,6 +114,10 @@ export interface ModelDescription {
   input_height: number;
   class_names: string[];
   execution_provider: string;
+  /** Output layout `infer` decodes (see model-layout.ts). */
+  layout: ModelLayout;
+  /** How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest. */
+  preprocessing: Preprocessing;
 }
 
 /** The request context of a job, without the stage-specific fields, for the next stage's job. */

@@ -1,7 +1,10 @@
+import type { PadPlacement } from './model-layout.js';
+
 /**
- * Letterbox arithmetic, as Ultralytics does it: scale the image to fit the model input while
- * keeping its aspect ratio, centre it, and pad the rest (with grey 114, done by the caller).
- * Pure functions so the geometry is unit-tested without an image.
+ * Letterbox arithmetic: scale the image to fit the model input while keeping its aspect ratio,
+ * place it (centred as Ultralytics does, or at the top-left as YOLOX does) and pad the rest
+ * (with grey 114, done by the caller). Pure functions so the geometry is unit-tested without an
+ * image.
  */
 export interface Letterbox {
   /** Size of the (oriented) source image in pixels. */
@@ -23,6 +26,7 @@ export function computeLetterbox(
   srcHeight: number,
   inputWidth: number,
   inputHeight: number,
+  placement: PadPlacement = 'centre',
 ): Letterbox {
   if (!(srcWidth > 0 && srcHeight > 0 && inputWidth > 0 && inputHeight > 0)) {
     throw new RangeError(`letterbox needs positive sizes, got ${srcWidth}x${srcHeight}`);
@@ -32,8 +36,9 @@ export function computeLetterbox(
   const resizedHeight = clampInt(Math.round(srcHeight * scale), 1, inputHeight);
   // Ultralytics rounds (pad - 0.1) for the left/top side, so odd padding puts the extra pixel
   // on the right/bottom.
-  const padLeft = Math.max(0, Math.round((inputWidth - resizedWidth) / 2 - 0.1));
-  const padTop = Math.max(0, Math.round((inputHeight - resizedHeight) / 2 - 0.1));
+  const centred = placement === 'centre';
+  const padLeft = centred ? Math.max(0, Math.round((inputWidth - resizedWidth) / 2 - 0.1)) : 0;
+  const padTop = centred ? Math.max(0, Math.round((inputHeight - resizedHeight) / 2 - 0.1)) : 0;
   return {
     srcWidth,
     srcHeight,

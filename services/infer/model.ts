@@ -3,21 +3,30 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { ModelDescription } from '../../shared/contracts.js';
+import {
+  DEFAULT_PREPROCESSING,
+  type ModelLayout,
+  type Preprocessing,
+} from '../../shared/model-layout.js';
 import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
+import { detectLayout, LayoutError, type DetectedLayout } from './model-layout.js';
 import type { CandidateFilter } from './output-decoder.js';
 import type {
+  ConfigureRequest,
   ExecutionProvider,
+  MainMessage,
   RunTimings,
   SessionInfo,
   SessionInit,
   ThreadMessage,
+  WarmupRequest,
 } from './session-protocol.js';
 import { buildTinyDetector } from './tiny-model/tiny-model.js';
 
 /**
  * The onnxruntime adapter: loads one ONNX detector on its own thread (session-thread.ts),
- * works out its input size, batch dimension and class names, and runs batches of letterboxed
- * uint8 images on it.
+ * works out its input size, batch dimension, output layout (model-layout.ts, from one warm-up
+ * run on zeros) and class names, and runs batches of letterboxed uint8 images on it.
  */
 export interface ModelOptions {
   modelId: string;
@@ -27,6 +36,10 @@ export interface ModelOptions {
   executionProvider: ExecutionProvider;
   /** Upper bound for models with a dynamic batch dimension. */
   maxBatchSize: number;
+  /** Output layout; undefined detects it from the output shape and metadata. */
+  layout?: ModelLayout | undefined;
+  /** Overrides of the layout's usual preprocessing (shared/model-layout.ts). */
+  preprocessing?: Partial<Preprocessing> | undefined;
 }
 
 export interface BatchOutput {
@@ -52,7 +65,10 @@ export class OnnxModel {
     readonly description: ModelDescription,
     /** The model's own batch size when its batch dimension is fixed; null when dynamic. */
     readonly fixedBatch: number | null,
+    /** Session creation and the warm-up run. */
     readonly loadMs: number,
+    /** What decided the output layout: configured, model metadata or output shape. */
+    readonly layoutSource: DetectedLayout['source'],
   ) {
     thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
     thread.on('error', (err) => this.failAll(err));
@@ -78,20 +94,44 @@ export class OnnxModel {
     const size = parseImgsz(metadata['imgsz']);
     const inputHeight = typeof height === 'number' ? height : (size?.[0] ?? 640);
     const inputWidth = typeof width === 'number' ? width : (size?.[1] ?? 640);
-    const outChannels = info.outputShape[1];
-    if (info.outputShape.length !== 3 || (typeof outChannels === 'number' && outChannels <= 4)) {
-      await thread.terminate();
-      throw new ModelLoadError(
-        `model output '${info.outputName}' has shape [${info.outputShape.join(', ')}]; ` +
-          'expected the YOLOv8 layout [batch, 4 + classes, anchors]',
-      );
-    }
     const fixedBatch = typeof batchDim === 'number' && batchDim > 0 ? batchDim : null;
-    const classNames = await resolveClassNames(
-      opts,
-      metadata,
-      typeof outChannels === 'number' ? outChannels - 4 : undefined,
-    );
+    let detected: DetectedLayout;
+    let warmupMs: number;
+    try {
+      // Symbolic output dims become concrete here, and the first request skips the first run's
+      // cost.
+      const warmed = await warmup(thread, opts, {
+        type: 'warmup',
+        batch: fixedBatch ?? 1,
+        height: inputHeight,
+        width: inputWidth,
+      });
+      warmupMs = warmed.ms;
+      detected = detectLayout({
+        outputShape: warmed.outputShape,
+        inputHeight,
+        inputWidth,
+        metadata,
+        configured: opts.layout,
+      });
+    } catch (err) {
+      await thread.terminate();
+      if (err instanceof LayoutError) throw new ModelLoadError(`${describe(opts)}: ${err.message}`);
+      throw err;
+    }
+    const preprocessing: Preprocessing = {
+      ...DEFAULT_PREPROCESSING[detected.layout],
+      ...definedOnly(opts.preprocessing ?? {}),
+    };
+    const configure: ConfigureRequest = {
+      type: 'configure',
+      layout: detected.layout,
+      preprocessing,
+      height: inputHeight,
+      width: inputWidth,
+    };
+    thread.postMessage(configure satisfies MainMessage);
+    const classNames = await resolveClassNames(opts, metadata, detected.numClasses);
     const description: ModelDescription = {
       model_id: opts.modelId,
       task_type: 'object-detection',
@@ -100,8 +140,10 @@ export class OnnxModel {
       input_height: inputHeight,
       class_names: classNames,
       execution_provider: opts.executionProvider,
+      layout: detected.layout,
+      preprocessing,
     };
-    return new OnnxModel(thread, description, fixedBatch, info.loadMs);
+    return new OnnxModel(thread, description, fixedBatch, info.loadMs + warmupMs, detected.source);
   }
 
   /** Largest number of images one run takes. */
@@ -126,7 +168,7 @@ export class OnnxModel {
       this.pending.set(batchId, { resolve, reject });
       this.thread.postMessage(
         {
-          type: 'run',
+          type: 'run' as const,
           batchId,
           pixels,
           count: images.length,
@@ -134,7 +176,7 @@ export class OnnxModel {
           height,
           width,
           filters,
-        },
+        } satisfies MainMessage,
         [pixels.buffer],
       );
     });
@@ -181,21 +223,60 @@ async function readModelFile(path: string): Promise<Uint8Array> {
   }
 }
 
+function describe(opts: ModelOptions): string {
+  return opts.modelPath ?? 'the tiny detector';
+}
+
 function waitReady(thread: Worker, opts: ModelOptions): Promise<SessionInfo> {
-  const what = opts.modelPath ?? 'the tiny detector';
-  return new Promise<SessionInfo>((resolve, reject) => {
+  return awaitThread<SessionInfo>(thread, opts, (msg) => {
+    if (msg.type === 'ready') return { value: msg.info };
+    if (msg.type === 'init-failed')
+      return { error: describeLoadFailure(describe(opts), opts.executionProvider, msg.message) };
+    return undefined;
+  });
+}
+
+function warmup(
+  thread: Worker,
+  opts: ModelOptions,
+  req: WarmupRequest,
+): Promise<{ outputShape: number[]; ms: number }> {
+  thread.postMessage(req satisfies MainMessage);
+  return awaitThread<{ outputShape: number[]; ms: number }>(thread, opts, (msg) => {
+    if (msg.type === 'warmed') return { value: msg };
+    if (msg.type === 'warmup-failed') {
+      return {
+        error:
+          `${describe(opts)} failed its warm-up run on a zero ${req.width}×${req.height} ` +
+          `image (batch ${req.batch}): ${msg.message.split('\n')[0]}`,
+      };
+    }
+    return undefined;
+  });
+}
+
+/**
+ * Waits for the thread's answer during loading: `pick` turns a message into a value or a
+ * ModelLoadError reason (and ignores others); an error or exit of the thread fails the load.
+ */
+function awaitThread<T>(
+  thread: Worker,
+  opts: ModelOptions,
+  pick: (msg: ThreadMessage) => { value: T } | { error: string } | undefined,
+): Promise<T> {
+  const what = describe(opts);
+  return new Promise<T>((resolve, reject) => {
     const fail = (why: string) => {
       cleanup();
       void thread.terminate();
       reject(new ModelLoadError(why));
     };
     const onMessage = (msg: ThreadMessage) => {
-      if (msg.type === 'ready') {
-        cleanup();
-        resolve(msg.info);
-      } else if (msg.type === 'init-failed') {
-        fail(describeLoadFailure(what, opts.executionProvider, msg.message));
-      }
+      const picked = pick(msg);
+      if (!picked) return;
+      if ('error' in picked) return fail(picked.error);
+      cleanup();
+      resolve(picked.value);
     };
     const onError = (err: Error) => fail(`loading ${what} failed: ${err.message}`);
     const onExit = (code: number) =>
@@ -233,6 +314,11 @@ function parseImgsz(value: string | undefined): [number, number] | undefined {
   const nums = value?.match(/\d+/g)?.map(Number);
   if (!nums || nums.length === 0) return undefined;
   return [nums[0]!, nums[1] ?? nums[0]!];
+}
+
+/** The entries of a partial object that are set, so they do not override defaults with undefined. */
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 async function resolveClassNames(

@@ -4,6 +4,7 @@
  * so it lives on its own thread: the main thread keeps renewing BullMQ locks, talking to Redis
  * and collecting the next batch meanwhile.
  */
+import type { ModelLayout, Preprocessing } from '../../shared/model-layout.js';
 import type { CandidateFilter } from './output-decoder.js';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'tensorrt';
@@ -23,6 +24,26 @@ export interface SessionInfo {
   loadMs: number;
 }
 
+/**
+ * Runs the model once on zeros of this size: gives the concrete output dims of models whose
+ * shapes are symbolic, and takes the first run's cost out of the first request.
+ */
+export interface WarmupRequest {
+  type: 'warmup';
+  batch: number;
+  height: number;
+  width: number;
+}
+
+/** How to build inputs and decode outputs; sent once, after the warm-up, before any run. */
+export interface ConfigureRequest {
+  type: 'configure';
+  layout: ModelLayout;
+  preprocessing: Preprocessing;
+  height: number;
+  width: number;
+}
+
 export interface RunRequest {
   type: 'run';
   batchId: number;
@@ -36,6 +57,8 @@ export interface RunRequest {
   filters: CandidateFilter[];
 }
 
+export type MainMessage = WarmupRequest | ConfigureRequest | RunRequest;
+
 export interface RunTimings {
   prepareMs: number;
   runMs: number;
@@ -45,5 +68,7 @@ export interface RunTimings {
 export type ThreadMessage =
   | { type: 'ready'; info: SessionInfo }
   | { type: 'init-failed'; message: string }
+  | { type: 'warmed'; outputShape: number[]; ms: number }
+  | { type: 'warmup-failed'; message: string }
   | { type: 'done'; batchId: number; candidates: Float32Array[]; timings: RunTimings }
   | { type: 'failed'; batchId: number; message: string };

@@ -1,17 +1,21 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { decodeYolov8, hwcToNchwFloat } from './output-decoder.js';
+import { decoderFor, hwcToNchwFloat, type Decoder } from './output-decoder.js';
 import type {
+  ConfigureRequest,
   ExecutionProvider,
+  MainMessage,
   RunRequest,
   SessionInit,
   ThreadMessage,
+  WarmupRequest,
 } from './session-protocol.js';
 
 /**
  * The thread that owns the onnxruntime session (see session-protocol.ts for why). It builds
- * the float32 input tensor from uint8 pixels, runs the model and decodes the output into
- * compact candidates, so only small buffers cross back to the main thread.
+ * the float32 input tensor from uint8 pixels (in the model's channel order and scale), runs the
+ * model and decodes the output of its layout into compact candidates, so only small buffers
+ * cross back to the main thread. Messages: one `warmup`, one `configure`, then `run`s.
  */
 const port = parentPort;
 if (!port) throw new Error('session-thread must run as a worker thread');
@@ -53,15 +57,45 @@ try {
 const inputName = session.inputNames[0]!;
 const outputName = session.outputNames[0]!;
 
-port.on('message', (req: RunRequest) => {
-  void runBatch(req);
+let configured: { decode: Decoder; prep: ConfigureRequest['preprocessing'] } | undefined;
+
+port.on('message', (msg: MainMessage) => {
+  switch (msg.type) {
+    case 'warmup':
+      void warmup(msg);
+      break;
+    case 'configure':
+      configured = {
+        decode: decoderFor(msg.layout, msg.height, msg.width),
+        prep: msg.preprocessing,
+      };
+      break;
+    case 'run':
+      void runBatch(msg);
+      break;
+  }
 });
+
+async function warmup(req: WarmupRequest): Promise<void> {
+  try {
+    const started = performance.now();
+    const data = new Float32Array(req.batch * 3 * req.height * req.width);
+    const tensor = new ort.Tensor('float32', data, [req.batch, 3, req.height, req.width]);
+    const results = await session.run({ [inputName]: tensor });
+    const out = results[outputName];
+    if (!out) throw new Error(`the model returned no '${outputName}'`);
+    post({ type: 'warmed', outputShape: [...out.dims], ms: performance.now() - started });
+  } catch (err) {
+    post({ type: 'warmup-failed', message: err instanceof Error ? err.message : String(err) });
+  }
+}
 
 async function runBatch(req: RunRequest): Promise<void> {
   try {
+    if (!configured) throw new Error('the session thread got a batch before its configuration');
     const t0 = performance.now();
     const data = new Float32Array(req.runBatch * 3 * req.height * req.width);
-    hwcToNchwFloat(req.pixels, req.count, req.height, req.width, data);
+    hwcToNchwFloat(req.pixels, req.count, req.height, req.width, data, configured.prep);
     const tensor = new ort.Tensor('float32', data, [req.runBatch, 3, req.height, req.width]);
     const t1 = performance.now();
     const results = await session.run({ [inputName]: tensor });
@@ -72,9 +106,10 @@ async function runBatch(req: RunRequest): Promise<void> {
         `unexpected model output ${out ? `${out.type} [${out.dims.join(', ')}]` : 'missing'}`,
       );
     }
-    const [, channels, anchors] = out.dims as [number, number, number];
+    const dims = out.dims as unknown as [number, number, number];
     const values = out.data as Float32Array;
-    const candidates = req.filters.map((f, i) => decodeYolov8(values, channels, anchors, i, f));
+    const { decode } = configured;
+    const candidates = req.filters.map((f, i) => decode(values, dims, i, f));
     const t3 = performance.now();
     post(
       {

@@ -40,6 +40,8 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         model.input_height,
         job.autoOrient,
         { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
+        // A description published before models carried their preprocessing: centred.
+        model.preprocessing?.pad ?? 'centre',
       );
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.

@@ -1,10 +1,12 @@
 import sharp, { type Metadata } from 'sharp';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { computeLetterbox, letterboxPadding, type Letterbox } from '../../shared/letterbox.js';
+import type { PadPlacement } from '../../shared/model-layout.js';
 
 /**
  * The sharp adapter of the `pre` stage: decode an image, apply its EXIF orientation, and
- * letterbox it to the model input as RGB uint8 pixels (HWC), the form `infer` expects.
+ * letterbox it to the model input (centred or at the top-left, as the model wants) as RGB uint8
+ * pixels (HWC), the form `infer` expects; `infer` reorders channels and scales for the model.
  */
 export interface Preprocessed {
   /** inputWidth × inputHeight × 3 bytes, RGB, row-major. */
@@ -30,6 +32,7 @@ export async function letterboxImage(
   inputHeight: number,
   autoOrient: boolean,
   limits: DecodeLimits,
+  placement: PadPlacement = 'centre',
 ): Promise<Preprocessed> {
   let meta: Metadata;
   try {
@@ -57,7 +60,7 @@ export async function letterboxImage(
   const swap = autoOrient && SWAPS_AXES.has(meta.orientation ?? 1);
   const srcWidth = swap ? meta.height : meta.width;
   const srcHeight = swap ? meta.width : meta.height;
-  const letterbox = computeLetterbox(srcWidth, srcHeight, inputWidth, inputHeight);
+  const letterbox = computeLetterbox(srcWidth, srcHeight, inputWidth, inputHeight, placement);
 
   // One pipeline: libvips orients, shrinks on load where the format allows (JPEG), resizes,
   // pads and converts to 8-bit sRGB without intermediate buffers.

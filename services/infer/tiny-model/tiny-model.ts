@@ -30,8 +30,19 @@
  *    ~5 px (0.5) or ~3 px (0.3) the duplicate survives NMS: test shapes should be larger.
  *
  * Metadata mimics an Ultralytics export: names = "{0: 'red', 1: 'green', 2: 'blue'}",
- * imgsz = "[S, S]", task = "detect", plus a short description. Opset 13, IR version 7.
+ * imgsz = "[S, S]", task = "detect", plus a short description, and `layout` = "yolov8": six
+ * anchors match no grid of strides 8/16/32, so the layout is named for the server's layout
+ * detection (services/infer/model-layout.ts). Opset 13, IR version 7.
  * The bytes are fully deterministic for given options.
+ *
+ * The same detector can emit the other families' layouts, for tests of their decoders through
+ * the whole stack (`layout` option):
+ * - `yolov5`: `[batch, 6, 5 + nc]`, per anchor cx, cy, w, h, objectness, class scores; the
+ *   objectness is the anchor's YOLOv8 score (presence, or 0.9 × presence for the duplicates) and
+ *   the class scores are a constant one-hot of the anchor's class times TINY_YOLOV5_CLASS_SCORE,
+ *   so a found shape scores 0.8 and an absent one 0 only when objectness is applied.
+ * - `end2end`: `[batch, 6, 6]`, per anchor x1, y1, x2, y2, best score, best class (the YOLOv8
+ *   anchors in corner form, as a model with NMS built in would emit them).
  */
 import { GraphBuilder, DataType, attrInt, attrInts, encodeModel } from './onnx-builder.js';
 
@@ -47,9 +58,16 @@ export const TINY_DUPLICATE_SCORE = 0.9;
 /** How many pixels the near-duplicate boxes are grown by, in w and in h. */
 export const TINY_DUPLICATE_GROW_PX = 2;
 
+/** Class score of the `yolov5` variant's one-hot class columns. */
+export const TINY_YOLOV5_CLASS_SCORE = 0.8;
+
 export interface TinyDetectorOptions {
   /** Square input size S in pixels (integer, 1..8192). Default 320. */
   inputSize?: number;
+  /** Output layout. Default `yolov8`. */
+  layout?: 'yolov8' | 'yolov5' | 'end2end';
+  /** Write the `layout` metadata entry. Default true. */
+  layoutMetadata?: boolean;
 }
 
 /** Builds the tiny detector described above and returns the serialized ONNX ModelProto. */
@@ -128,7 +146,67 @@ export function buildTinyDetector(options: TinyDetectorOptions = {}): Uint8Array
 
   const top = g.op('Concat', [boxes, boxesDup], 'box_rows', { axis: attrInt(2) }); // [B,4,2nc]
   const bottom = g.op('Concat', [scores, scoresDup], 'score_rows', { axis: attrInt(2) }); // [B,nc,2nc]
-  const output0 = g.op('Concat', [top, bottom], 'output0', { axis: attrInt(1) }); // [B,4+nc,2nc]
+  const layout = options.layout ?? 'yolov8';
+  const anchors = TINY_NUM_ANCHORS;
+  let output0: string;
+  let outDims: [string, number, number];
+  if (layout === 'yolov8') {
+    output0 = g.op('Concat', [top, bottom], 'output0', { axis: attrInt(1) }); // [B,4+nc,2nc]
+    outDims = ['batch', 4 + nc, anchors];
+  } else if (layout === 'yolov5') {
+    const objectness = g.op('ReduceMax', [bottom], 'objectness', {
+      axes: attrInts([1]),
+      keepdims: attrInt(1),
+    }); // [B,1,2nc]
+    const oneHot = Array.from({ length: nc * anchors }, (_, i) =>
+      Math.floor(i / anchors) === (i % anchors) % nc ? TINY_YOLOV5_CLASS_SCORE : 0,
+    );
+    const classes = g.op(
+      'Add',
+      [
+        g.op('Mul', [bottom, zero], 'class_zeros'),
+        g.constFloat('one_hot', [1, nc, anchors], oneHot),
+      ],
+      'class_scores',
+    ); // [B,nc,2nc], broadcast over the batch
+    const rows = g.op('Concat', [top, objectness, classes], 'v5_rows', { axis: attrInt(1) });
+    output0 = g.op('Transpose', [rows], 'output0', { perm: attrInts([0, 2, 1]) }); // [B,2nc,5+nc]
+    outDims = ['batch', anchors, 5 + nc];
+  } else {
+    const slice = (from: number, to: number, name: string) =>
+      g.op(
+        'Slice',
+        [
+          top,
+          g.constInt64(`${name}_from`, [1], [from]),
+          g.constInt64(`${name}_to`, [1], [to]),
+          axis1,
+        ],
+        name,
+      );
+    const centres = slice(0, 2, 'centres'); // [B,2,2nc]
+    const halfSizes = g.op('Mul', [slice(2, 4, 'sizes'), half], 'half_sizes');
+    const corners = g.op(
+      'Concat',
+      [
+        g.op('Sub', [centres, halfSizes], 'top_left'),
+        g.op('Add', [centres, halfSizes], 'bottom_right'),
+      ],
+      'corners',
+      { axis: attrInt(1) },
+    ); // [B,4,2nc]
+    const reduce1 = { axes: attrInts([1]), keepdims: attrInt(1) };
+    const best = g.op('ReduceMax', [bottom], 'best_score', reduce1);
+    const bestClass = g.op(
+      'Cast',
+      [g.op('ArgMax', [bottom], 'best_class_i64', { axis: attrInt(1), keepdims: attrInt(1) })],
+      'best_class',
+      { to: attrInt(DataType.FLOAT) },
+    );
+    const rows = g.op('Concat', [corners, best, bestClass], 'e2e_rows', { axis: attrInt(1) });
+    output0 = g.op('Transpose', [rows], 'output0', { perm: attrInts([0, 2, 1]) }); // [B,2nc,6]
+    outDims = ['batch', anchors, 6];
+  }
 
   const names = `{${TINY_CLASS_NAMES.map((n, i) => `${i}: '${n}'`).join(', ')}}`;
   return encodeModel({
@@ -140,16 +218,15 @@ export function buildTinyDetector(options: TinyDetectorOptions = {}): Uint8Array
     nodes: g.nodes,
     initializers: g.initializers,
     inputs: [{ name: images, elemType: DataType.FLOAT, dims: ['batch', 3, S, S] }],
-    outputs: [
-      { name: output0, elemType: DataType.FLOAT, dims: ['batch', 4 + nc, TINY_NUM_ANCHORS] },
-    ],
+    outputs: [{ name: output0, elemType: DataType.FLOAT, dims: outDims }],
     metadata: {
       description:
         'Tiny deterministic test detector (no learned weights): one box per pure red/green/blue ' +
-        'region, plus a 0.9-score near-duplicate of each so NMS is exercised. YOLOv8 output layout.',
+        `region, plus a 0.9-score near-duplicate of each so NMS is exercised. ${layout} output layout.`,
       task: 'detect',
       imgsz: `[${S}, ${S}]`,
       names,
+      ...(options.layoutMetadata === false ? {} : { layout }),
     },
   });
 }
