@@ -23,6 +23,16 @@ export interface DetectionParams {
   classFilter: string[] | null;
   maxDetections: number;
   maxCandidates: number;
+  /** Draw the predictions on the image (`visualize_predictions`); absent: not drawn. */
+  visualize?: VisualizeParams;
+}
+
+/** How `post` draws the predictions for the response's `visualization`. */
+export interface VisualizeParams {
+  labels: boolean;
+  strokeWidth: number;
+  /** Whether `pre` applied the EXIF orientation (the boxes are in that image's pixels). */
+  autoOrient: boolean;
 }
 
 /** Carried by every job of one image through every stage. */
@@ -97,6 +107,8 @@ export interface DetectionResponse {
   time: number;
   image: { width: number; height: number };
   predictions: Prediction[];
+  /** The image with the predictions drawn, base64 JPEG, when `visualize_predictions` was set. */
+  visualization?: string;
 }
 
 /** What a stage pushes onto a gateway's reply list when an image is finished. */

@@ -11,6 +11,14 @@ export class Keys {
     return `${this.prefix}:img:${id}`;
   }
 
+  /**
+   * Bytes of an image `pre` fetched from its URL, kept (only when a visualization is asked for)
+   * for `post` to draw on.
+   */
+  fetchedImage(id: string): string {
+    return `${this.prefix}:src:${id}`;
+  }
+
   /** Letterboxed RGB uint8 pixels (HWC), written by `pre`, read by `infer`. */
   pixels(id: string): string {
     return `${this.prefix}:px:${id}`;
@@ -23,7 +31,7 @@ export class Keys {
 
   /** Every per-request data key of one image, for cleanup when its request ends early. */
   requestData(id: string): string[] {
-    return [this.image(id), this.pixels(id), this.candidates(id)];
+    return [this.image(id), this.fetchedImage(id), this.pixels(id), this.candidates(id)];
   }
 
   /** The list a gateway instance pops its finished requests from. */

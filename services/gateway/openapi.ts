@@ -40,6 +40,11 @@ export const detectionResponseSchema = {
       properties: { width: { type: 'integer' }, height: { type: 'integer' } },
     },
     predictions: { type: 'array', items: prediction },
+    visualization: {
+      type: 'string',
+      format: 'byte',
+      description: 'The image with the predictions drawn, base64 JPEG (visualize_predictions).',
+    },
   },
 } as const;
 

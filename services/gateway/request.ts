@@ -64,6 +64,21 @@ const OptionsSchema = z.looseObject({
     .min(1)
     .optional()
     .describe('A deadline shorter than the server default (REQUEST_TIMEOUT_MS); longer is capped.'),
+  visualize_predictions: z
+    .boolean()
+    .default(false)
+    .describe('Also return `visualization`: the image with the boxes drawn, base64 JPEG.'),
+  visualization_labels: z
+    .boolean()
+    .default(true)
+    .describe('Draw class names and confidences on the visualization.'),
+  visualization_stroke_width: z
+    .number()
+    .int()
+    .min(1)
+    .max(100)
+    .default(1)
+    .describe('Box outline width of the visualization, in pixels.'),
 });
 
 const BodySchema = OptionsSchema.extend({
@@ -147,6 +162,13 @@ function options(o: Options): Omit<ParsedRequest, 'images' | 'isList'> {
       classFilter: o.class_filter && o.class_filter.length > 0 ? o.class_filter : null,
       maxDetections: o.max_detections,
       maxCandidates: o.max_candidates,
+      ...(o.visualize_predictions && {
+        visualize: {
+          labels: o.visualization_labels,
+          strokeWidth: o.visualization_stroke_width,
+          autoOrient: !o.disable_preproc_auto_orient,
+        },
+      }),
     },
   };
 }
@@ -168,37 +190,47 @@ function parseImage(img: z.infer<typeof ImageSchema>, field: string): ImageInput
   if (typeof img.value !== 'string' || img.value.length === 0) {
     throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value must be a non-empty string`);
   }
-  switch (img.type) {
+  return parseImageValue(img.type, img.value, `${field}.value`, field);
+}
+
+/**
+ * One image given as base64 text or a URL. `field` names the value in error messages, `owner`
+ * the image (they differ for `{type, value}` objects).
+ */
+export function parseImageValue(
+  type: string,
+  value: string,
+  field: string,
+  owner = field,
+): ImageInput {
+  switch (type) {
     case 'base64': {
-      const comma = img.value.startsWith('data:') ? img.value.indexOf(',') : -1;
-      const payload = comma >= 0 ? img.value.slice(comma + 1) : img.value;
+      const comma = value.startsWith('data:') ? value.indexOf(',') : -1;
+      const payload = comma >= 0 ? value.slice(comma + 1) : value;
       if (!BASE64.test(payload)) {
-        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not valid base64`);
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field} is not valid base64`);
       }
       const bytes = Buffer.from(payload, 'base64');
       if (bytes.byteLength === 0)
-        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}: the image is empty`);
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${owner}: the image is empty`);
       return { kind: 'bytes', bytes };
     }
     case 'url': {
       let url: URL;
       try {
-        url = new URL(img.value);
+        url = new URL(value);
       } catch {
-        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field}.value is not a valid URL`);
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field} is not a valid URL`);
       }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-        throw new PipelineError(
-          ErrorCode.INVALID_REQUEST,
-          `${field}.value must be an http or https URL`,
-        );
+        throw new PipelineError(ErrorCode.INVALID_REQUEST, `${field} must be an http or https URL`);
       }
       return { kind: 'url', url: url.toString() };
     }
     default:
       throw new PipelineError(
         ErrorCode.INVALID_REQUEST,
-        `${field}.type '${img.type}' is not supported; use 'base64' or 'url' (or send the file as multipart or a raw body)`,
+        `${owner}.type '${type}' is not supported; use 'base64' or 'url' (or send the file as multipart or a raw body)`,
       );
   }
 }

@@ -5,11 +5,13 @@ import { ModelDirectory } from '../../shared/model-directory.js';
 import { sendResult } from '../../shared/reply.js';
 import { runStage } from '../../shared/stage-process.js';
 import { buildResponse } from './postprocess.js';
+import { drawPredictions } from './visualize.js';
 
 /**
  * The `post` stage: takes each image's candidates from Redis, runs NMS and maps the boxes back
- * to the original image (postprocess.ts), and pushes the finished response to the reply list
- * of the gateway instance that is waiting for it.
+ * to the original image (postprocess.ts), draws them on the image when asked (visualize.ts),
+ * and pushes the finished response to the reply list of the gateway instance that is waiting
+ * for it.
  */
 runStage(QueueName.post, ({ config, keys, client }) => {
   const models = new ModelDirectory(client, keys);
@@ -31,6 +33,19 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         classNames: model.class_names,
         elapsedSeconds: (Date.now() - job.receivedAt) / 1000,
       });
+      if (job.params.visualize) {
+        // The upload, or the bytes `pre` fetched from the image's URL.
+        const original =
+          (await client.getBuffer(keys.image(job.id))) ??
+          (await client.getBuffer(keys.fetchedImage(job.id)));
+        if (!original)
+          throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the image is no longer in Redis');
+        const drawn = await drawPredictions(original, response.predictions, {
+          ...job.params.visualize,
+          maxPixels: config.pre.maxImagePixels,
+        });
+        response.visualization = drawn.toString('base64');
+      }
       await sendResult(
         client,
         keys,

@@ -33,6 +33,9 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         connectTimeoutMs: 5000,
         maxRedirects: 3,
       });
+      // `post` draws on the original image; an upload is still in Redis, a fetched one is not.
+      if (job.source.kind === 'url' && job.params.visualize)
+        await client.set(keys.fetchedImage(job.id), bytes, 'EX', config.dataTtlSeconds);
       const started = performance.now();
       const { pixels, letterbox } = await letterboxImage(
         bytes,
