@@ -1,114 +1,175 @@
 /**
- * Dynamic batching for the one process that owns the model.
+ * Dynamic batching for the one process that owns the models, with one lane per model and a
+ * single run slot shared by all lanes (one batch on the hardware at a time).
  *
- * State machine. Items arrive one by one (one per BullMQ job); the model runs one batch at a
- * time.
- *   - idle: nothing waits. The first arrival starts the delay timer (maxDelayMs) and moves to
- *     collecting.
- *   - collecting: items wait. The batch is dispatched when maxBatchSize items wait or when the
- *     timer fires, whichever comes first.
- *   - running: a batch is on the model. Arrivals keep collecting; if the timer fires or the
- *     batch fills meanwhile, the next batch is marked due and is dispatched the moment the
- *     running one finishes, so the model never idles while a full or overdue batch waits.
- * After a dispatch, items left over (more than maxBatchSize were waiting) start a new timer
- * measured from the oldest leftover's arrival, so no item waits longer than maxDelayMs plus
- * the runs ahead of it.
+ * State machine of a lane. Items arrive one by one (one per BullMQ job).
+ *   - idle: nothing waits. The first arrival starts the lane's delay timer (maxDelayMs) and
+ *     moves the lane to collecting.
+ *   - collecting: items wait. The lane becomes due when it holds a full batch (its model's
+ *     batch limit) or when the timer fires, whichever comes first.
+ *   - due: the lane waits for the run slot. Arrivals keep joining it, up to a full batch.
+ * After a dispatch, items left over (more than a batch was waiting) start a new timer measured
+ * from the oldest leftover's arrival, or keep the lane due if a full batch is left.
+ *
+ * Choosing between due lanes when the run slot frees (the fairness rule): the lane holding the
+ * oldest waiting image runs next, unless its batch is not full and another due lane holds a
+ * full batch; then the full batch runs first, but a lane can be passed over this way at most
+ * `maxSkips` times in a row (default 1). So an image of a quiet model, once its lane is due,
+ * waits for at most `maxSkips + 1` batches of busier models: a busy model cannot starve a
+ * quiet one, and full batches (the cheapest images) still go first under load.
  *
  * Items whose deadline has passed are dropped at dispatch time: expired images never reach
  * the model.
  */
-export interface BatcherOptions<I, O> {
-  maxBatchSize: number;
+export interface SchedulerOptions<I, O> {
   maxDelayMs: number;
-  /** Runs one batch; must return one output per item, in order. */
-  run: (items: I[]) => Promise<O[]>;
+  /** The lane (model) of an item. */
+  laneOf: (item: I) => string;
+  /** Largest batch of a lane. */
+  maxBatchOf: (lane: string) => number;
+  /** Runs one batch of one lane; must return one output per item, in order. */
+  run: (lane: string, items: I[]) => Promise<O[]>;
   /** Epoch ms after which an item is not worth running. */
   deadlineOf: (item: I) => number;
   /** Error for an item dropped because its deadline passed. */
   expiredError: (item: I) => Error;
+  /** How many times in a row a lane may be passed over for another lane's full batch. */
+  maxSkips?: number;
 }
 
 interface Waiting<I, O> {
   item: I;
   arrivedAt: number;
+  /** Arrival order across lanes (clock ticks are too coarse to order arrivals). */
+  seq: number;
   resolve: (o: O) => void;
   reject: (e: unknown) => void;
 }
 
-export class Batcher<I, O> {
-  private queue: Waiting<I, O>[] = [];
-  private timer: NodeJS.Timeout | undefined;
-  private running = false;
-  private due = false;
-  private closed = false;
+interface Lane<I, O> {
+  id: string;
+  queue: Waiting<I, O>[];
+  timer: NodeJS.Timeout | undefined;
+  due: boolean;
+  skips: number;
+}
 
-  constructor(private readonly opts: BatcherOptions<I, O>) {}
+export class BatchScheduler<I, O> {
+  private readonly lanes = new Map<string, Lane<I, O>>();
+  private running = false;
+  private closed = false;
+  private arrivals = 0;
+
+  constructor(private readonly opts: SchedulerOptions<I, O>) {}
 
   /** Resolves with the item's output once the batch that holds it has run. */
   submit(item: I): Promise<O> {
     if (this.closed) return Promise.reject(new Error('the batcher is closed'));
+    const lane = this.lane(this.opts.laneOf(item));
     return new Promise<O>((resolve, reject) => {
-      this.queue.push({ item, arrivedAt: Date.now(), resolve, reject });
-      if (this.queue.length >= this.opts.maxBatchSize) this.markDue();
-      else if (this.queue.length === 1) this.armTimer(this.opts.maxDelayMs);
+      lane.queue.push({ item, arrivedAt: Date.now(), seq: this.arrivals++, resolve, reject });
+      if (lane.queue.length >= this.opts.maxBatchOf(lane.id)) this.markDue(lane);
+      else if (lane.queue.length === 1) this.armTimer(lane, this.opts.maxDelayMs);
     });
   }
 
-  /** Images waiting for a batch. */
+  /** Images waiting for a batch, in every lane. */
   get waiting(): number {
-    return this.queue.length;
+    let n = 0;
+    for (const lane of this.lanes.values()) n += lane.queue.length;
+    return n;
   }
 
-  /** Stops taking items; waiting items are rejected, a running batch finishes. */
+  /** Images waiting in one lane. */
+  waitingIn(laneId: string): number {
+    return this.lanes.get(laneId)?.queue.length ?? 0;
+  }
+
+  /** Stops taking items; waiting items are rejected, a running batch finishes. Idempotent. */
   close(): void {
     this.closed = true;
-    this.clearTimer();
-    for (const w of this.queue.splice(0)) w.reject(new Error('the batcher is closed'));
+    for (const lane of this.lanes.values()) {
+      this.clearTimer(lane);
+      for (const w of lane.queue.splice(0)) w.reject(new Error('the batcher is closed'));
+    }
   }
 
-  private armTimer(delayMs: number): void {
-    this.clearTimer();
-    this.timer = setTimeout(
+  private lane(id: string): Lane<I, O> {
+    let lane = this.lanes.get(id);
+    if (!lane) {
+      lane = { id, queue: [], timer: undefined, due: false, skips: 0 };
+      this.lanes.set(id, lane);
+    }
+    return lane;
+  }
+
+  private armTimer(lane: Lane<I, O>, delayMs: number): void {
+    this.clearTimer(lane);
+    lane.timer = setTimeout(
       () => {
-        this.timer = undefined;
-        this.markDue();
+        lane.timer = undefined;
+        this.markDue(lane);
       },
       Math.max(0, delayMs),
     );
   }
 
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
+  private clearTimer(lane: Lane<I, O>): void {
+    if (lane.timer) clearTimeout(lane.timer);
+    lane.timer = undefined;
   }
 
-  private markDue(): void {
-    this.due = true;
-    if (!this.running) this.dispatch();
+  private markDue(lane: Lane<I, O>): void {
+    lane.due = true;
+    if (!this.running) this.dispatchNext();
   }
 
-  private dispatch(): void {
-    this.due = false;
-    this.clearTimer();
+  /** The due lane that runs next, by the fairness rule above. */
+  private choose(): Lane<I, O> | undefined {
+    let oldest: Lane<I, O> | undefined;
+    let fullest: Lane<I, O> | undefined;
+    for (const lane of this.lanes.values()) {
+      if (!lane.due || lane.queue.length === 0) continue;
+      if (!oldest || lane.queue[0]!.seq < oldest.queue[0]!.seq) oldest = lane;
+      const full = lane.queue.length >= this.opts.maxBatchOf(lane.id);
+      if (full && (!fullest || lane.queue.length > fullest.queue.length)) fullest = lane;
+    }
+    if (!oldest) return undefined;
+    const oldestFull = oldest.queue.length >= this.opts.maxBatchOf(oldest.id);
+    if (fullest && fullest !== oldest && !oldestFull && oldest.skips < (this.opts.maxSkips ?? 1)) {
+      oldest.skips++;
+      return fullest;
+    }
+    return oldest;
+  }
+
+  private dispatchNext(): void {
+    if (this.closed) return;
+    const lane = this.choose();
+    if (!lane) return;
+    lane.due = false;
+    lane.skips = 0;
+    this.clearTimer(lane);
+    const maxBatch = this.opts.maxBatchOf(lane.id);
     const now = Date.now();
     const batch: Waiting<I, O>[] = [];
-    while (batch.length < this.opts.maxBatchSize && this.queue.length > 0) {
-      const w = this.queue.shift()!;
+    while (batch.length < maxBatch && lane.queue.length > 0) {
+      const w = lane.queue.shift()!;
       if (this.opts.deadlineOf(w.item) < now) w.reject(this.opts.expiredError(w.item));
       else batch.push(w);
     }
-    if (this.queue.length > 0) {
-      if (this.queue.length >= this.opts.maxBatchSize) this.due = true;
-      else this.armTimer(this.queue[0]!.arrivedAt + this.opts.maxDelayMs - now);
+    if (lane.queue.length > 0) {
+      if (lane.queue.length >= maxBatch) lane.due = true;
+      else this.armTimer(lane, lane.queue[0]!.arrivedAt + this.opts.maxDelayMs - now);
     }
-    if (batch.length === 0) {
-      if (this.due) this.dispatch();
-      return;
-    }
+    if (batch.length === 0) return this.dispatchNext();
     this.running = true;
     let outputs: Promise<O[]>;
     try {
-      outputs = this.opts.run(batch.map((w) => w.item));
+      outputs = this.opts.run(
+        lane.id,
+        batch.map((w) => w.item),
+      );
     } catch (err) {
       // A run that throws instead of rejecting must still settle its items.
       outputs = Promise.reject(err instanceof Error ? err : new Error(String(err)));
@@ -128,7 +189,31 @@ export class Batcher<I, O> {
       )
       .finally(() => {
         this.running = false;
-        if (this.due && !this.closed) this.dispatch();
+        this.dispatchNext();
       });
+  }
+}
+
+/** Options of a one-lane scheduler. */
+export interface BatcherOptions<I, O> {
+  maxBatchSize: number;
+  maxDelayMs: number;
+  /** Runs one batch; must return one output per item, in order. */
+  run: (items: I[]) => Promise<O[]>;
+  deadlineOf: (item: I) => number;
+  expiredError: (item: I) => Error;
+}
+
+/** The scheduler with a single lane: dynamic batching for one model. */
+export class Batcher<I, O> extends BatchScheduler<I, O> {
+  constructor(opts: BatcherOptions<I, O>) {
+    super({
+      maxDelayMs: opts.maxDelayMs,
+      laneOf: () => '',
+      maxBatchOf: () => opts.maxBatchSize,
+      run: (_lane, items) => opts.run(items),
+      deadlineOf: opts.deadlineOf,
+      expiredError: opts.expiredError,
+    });
   }
 }
