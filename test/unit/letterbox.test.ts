@@ -221,3 +221,48 @@ void test('unletterboxBox: boxes extending into the padding are clipped to the i
   assert.equal(box4.y1, 720);
   assert.equal(box4.y2, 720);
 });
+
+void test('computeLetterbox: top-left placement (YOLOX) pads only the right and bottom', () => {
+  // bus.jpg into YOLOX-Nano: r = 416 / 1080, 312 × 416 at the left, 104 columns of padding.
+  const lb = computeLetterbox(810, 1080, 416, 416, 'top-left');
+  assert.deepEqual(lb, {
+    srcWidth: 810,
+    srcHeight: 1080,
+    inputWidth: 416,
+    inputHeight: 416,
+    resizedWidth: 312,
+    resizedHeight: 416,
+    padLeft: 0,
+    padTop: 0,
+  });
+  assert.deepEqual(letterboxPadding(lb), { top: 0, bottom: 0, left: 0, right: 104 });
+  const wide = computeLetterbox(1280, 720, 416, 416, 'top-left');
+  assert.deepEqual(letterboxPadding(wide), { top: 0, bottom: 182, left: 0, right: 0 });
+  // The same sizes as centred placement; only where the image sits differs.
+  const centred = computeLetterbox(1280, 720, 416, 416, 'centre');
+  assert.equal(centred.resizedHeight, wide.resizedHeight);
+  assert.deepEqual([centred.padLeft, centred.padTop], [0, 91]);
+  assert.deepEqual(computeLetterbox(1280, 720, 416, 416), centred);
+});
+
+void test('unletterboxBox: round trip with top-left placement', () => {
+  const cases: [number, number, number, number][] = [
+    [810, 1080, 416, 416],
+    [1280, 720, 416, 416],
+    [333, 777, 640, 480],
+    [50, 30, 320, 320],
+  ];
+  for (const [w, h, iw, ih] of cases) {
+    const lb = computeLetterbox(w, h, iw, ih, 'top-left');
+    assertPaddingConsistent(lb);
+    const original: Box = { x1: w * 0.1, y1: h * 0.2, x2: w * 0.7, y2: h * 0.95 };
+    assertBoxClose(unletterboxBox(toInput(original, lb), lb), original, 0.5);
+  }
+  // A box in the right-hand padding of a portrait image is clipped to the right edge.
+  const lb = computeLetterbox(810, 1080, 416, 416, 'top-left');
+  assertBoxClose(
+    unletterboxBox({ x1: 300, y1: 0, x2: 400, y2: 416 }, lb),
+    { x1: (300 * 810) / 312, y1: 0, x2: 810, y2: 1080 },
+    1e-9,
+  );
+});
