@@ -23,6 +23,8 @@ import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './reque
 import { Admission } from './admission.js';
 import { ApiKeys } from './auth.js';
 import { registerDashboard } from './dashboard.js';
+import { registerDemoPage } from './demo-page.js';
+import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
 import type { ImageResult, ResultWaiter } from './result-waiter.js';
@@ -126,21 +128,19 @@ export async function buildServer(deps: GatewayDeps) {
     admission.close();
     done();
   });
-  const inferRoute = {
-    schema: routeSchemas.infer,
-    ...needsKey,
-    // Before the body is read: an overloaded gateway refuses without touching the image.
-    onRequest: (_req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
-      try {
-        reply.raw.once('close', admission.admit());
-        done();
-      } catch (err) {
-        done(err as Error);
-      }
-    },
+  // Before the body is read: an overloaded gateway refuses without touching the image.
+  const admit = (_req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
+    try {
+      reply.raw.once('close', admission.admit());
+      done();
+    } catch (err) {
+      done(err as Error);
+    }
   };
-  app.post('/infer/object_detection', inferRoute, async (req, reply) => {
-    const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+  const inferRoute = { schema: routeSchemas.infer, ...needsKey, onRequest: admit };
+
+  /** Runs a parsed request's images through the pipeline; results in the request's order. */
+  const detect = async (req: FastifyRequest, reply: FastifyReply, parsed: ParsedRequest) => {
     if (!config.gateway.allowUrlInput && parsed.images.some((i) => i.kind === 'url')) {
       throw new PipelineError(
         ErrorCode.INVALID_REQUEST,
@@ -154,18 +154,28 @@ export async function buildServer(deps: GatewayDeps) {
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) abandoned.abort();
     });
-    const results = await runPipeline(
+    return runPipeline(
       deps,
       parsed,
       modelId,
       (ids) => inferenceIds.set(req, ids),
       abandoned.signal,
     );
-    if (parsed.isList) return results.map((r) => r.response);
-    const only = results[0]!;
+  };
+  /** The response of a one-image request, with its stage times in `Server-Timing`. */
+  const detectOne = async (req: FastifyRequest, reply: FastifyReply, parsed: ParsedRequest) => {
+    const only = (await detect(req, reply, parsed))[0]!;
     void reply.header('server-timing', serverTiming(only.receivedAt, only.marks, Date.now()));
     return only.response;
+  };
+
+  app.post('/infer/object_detection', inferRoute, async (req, reply) => {
+    const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+    if (!parsed.isList) return detectOne(req, reply, parsed);
+    return (await detect(req, reply, parsed)).map((r) => r.response);
   });
+  await registerLegacyRoute(app, { admit, guard: apiKeys.guard(), detectOne });
+  await registerDemoPage(app, { apiKeyRequired: apiKeys.enabled });
 
   app.get('/metrics', config.gateway.metricsRequireKey ? needsKey : {}, async (_req, reply) => {
     void reply.header('content-type', deps.registry.contentType);
