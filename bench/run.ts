@@ -35,6 +35,8 @@ const HELP = `usage: npm run bench -- [options]
   --pre <n>             pre processes of the pipeline (default: half the cores, at least 1)
   --post <n>            post processes of the pipeline (default: a quarter of the cores, at least 1)
   --out <dir>           where results go (default bench/results)
+  --profile <dir>       write a V8 CPU profile of every process of the standard server and the
+                        pipeline into <dir> (V8 profiler, bench/cpu-profile.mjs; summarise with bench/profile-summary.ts)
   --no-stages           skip the single-stage timings (pre of bus.jpg, post of one output)
   --quick               a short run to try the harness
   --help`;
@@ -49,6 +51,7 @@ const { values: args } = parseArgs({
     pre: { type: 'string' },
     post: { type: 'string' },
     out: { type: 'string' },
+    profile: { type: 'string' },
     'no-stages': { type: 'boolean', default: false },
     quick: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
@@ -69,7 +72,14 @@ const options = {
   preProcesses: Number(args.pre ?? Math.max(1, Math.floor(cores / 2))),
   postProcesses: Number(args.post ?? Math.max(1, Math.floor(cores / 4))),
   stages: !args['no-stages'],
+  profileDir: args.profile,
 };
+const profileEnv: Record<string, string> = options.profileDir
+  ? {
+      NODE_OPTIONS: `--import ${fileURLToPath(new URL('cpu-profile.mjs', import.meta.url))}`,
+      CPU_PROFILE_DIR: options.profileDir,
+    }
+  : {};
 const outDir = args.out ?? fileURLToPath(new URL('results', import.meta.url));
 const progress = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -321,7 +331,7 @@ async function main(): Promise<void> {
     }
     if (options.systems.includes('standard')) {
       progress(' standard deployment (one fastify process, inline)');
-      const sut = await startStandard(wl);
+      const sut = await startStandard(wl, profileEnv);
       try {
         r.standard = await measureSystem('standard', sut, bodies);
       } finally {
@@ -333,7 +343,7 @@ async function main(): Promise<void> {
       const sut = await startPipeline(wl, {
         preProcesses: options.preProcesses,
         postProcesses: options.postProcesses,
-        env: {},
+        env: profileEnv,
       });
       try {
         r.pipeline = await measureSystem('pipeline', sut, bodies);

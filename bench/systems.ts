@@ -73,12 +73,15 @@ function modelEnv(wl: Workload): NodeJS.ProcessEnv {
   return env;
 }
 
-export async function startStandard(wl: Workload): Promise<SystemUnderTest> {
+export async function startStandard(
+  wl: Workload,
+  env: Record<string, string> = {},
+): Promise<SystemUnderTest> {
   const port = await freePort();
   const { child } = await spawnUntil(
     'bench/standard-server.ts',
     [String(port), wl.modelPath ?? ''],
-    modelEnv(wl),
+    { ...modelEnv(wl), ...env },
     /listening (\d+)/,
     120_000,
   );
