@@ -1,5 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import sharp from 'sharp';
+import { letterboxImage } from '../../services/pre/preprocess.js';
 import { computeLetterbox, letterboxPadding, unletterboxBox } from '../../shared/letterbox.js';
 import type { Box, Letterbox } from '../../shared/letterbox.js';
 
@@ -265,4 +267,29 @@ void test('unletterboxBox: round trip with top-left placement', () => {
     { x1: (300 * 810) / 312, y1: 0, x2: 810, y2: 1080 },
     1e-9,
   );
+});
+
+void test('letterboxImage: top-left placement puts the image at the origin, grey at right', async () => {
+  // A 40 × 80 red image into 64 × 64: resized to 32 × 64, then 32 grey columns.
+  const red = await sharp({
+    create: { width: 40, height: 80, channels: 3, background: { r: 255, g: 0, b: 0 } },
+  })
+    .png()
+    .toBuffer();
+  const limits = { maxPixels: 1e6, allowSvg: false };
+  const pixel = (px: Buffer, x: number, y: number) => [
+    ...px.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3),
+  ];
+  const topLeft = await letterboxImage(red, 64, 64, true, limits, 'top-left');
+  assert.deepEqual([topLeft.letterbox.padLeft, topLeft.letterbox.padTop], [0, 0]);
+  assert.deepEqual(pixel(topLeft.pixels, 0, 0), [255, 0, 0]);
+  assert.deepEqual(pixel(topLeft.pixels, 31, 63), [255, 0, 0]);
+  assert.deepEqual(pixel(topLeft.pixels, 32, 0), [114, 114, 114]);
+  assert.deepEqual(pixel(topLeft.pixels, 63, 63), [114, 114, 114]);
+  // Centred (the default): 16 grey columns on each side.
+  const centred = await letterboxImage(red, 64, 64, true, limits);
+  assert.equal(centred.letterbox.padLeft, 16);
+  assert.deepEqual(pixel(centred.pixels, 0, 0), [114, 114, 114]);
+  assert.deepEqual(pixel(centred.pixels, 16, 0), [255, 0, 0]);
+  assert.deepEqual(pixel(centred.pixels, 48, 0), [114, 114, 114]);
 });
