@@ -4,13 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Redis } from 'ioredis';
+import { OnnxModel } from '../../services/infer/model.js';
 import {
   buildTinyDetector,
   TINY_YOLOV5_CLASS_SCORE,
 } from '../../services/infer/tiny-model/tiny-model.js';
 import type { DetectionResponse, ModelDescription, Prediction } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
-import { drawImage, expectedBox, type Shape } from '../helpers/images.js';
+import { drawImage, drawPixels, expectedBox, type Shape } from '../helpers/images.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 import {
   postJson,
@@ -255,5 +256,40 @@ describe('end-to-end layout [batch, detections, 6]', () => {
       portrait,
       1,
     );
+  });
+});
+
+describe('ModelOptions: layout and preprocessing set by the caller', () => {
+  test('reach the model description and the session thread', async () => {
+    const model = await OnnxModel.load({
+      modelId: 'tiny-bgr',
+      modelPath: tinyModelFile('tiny-yolov5-options.onnx', 'yolov5'),
+      classNamesPath: undefined,
+      executionProvider: 'cpu',
+      maxBatchSize: 2,
+      layout: 'yolov5',
+      preprocessing: { channelOrder: 'bgr', pad: undefined },
+    });
+    try {
+      assert.equal(model.layoutSource, 'configured');
+      assert.equal(model.description.layout, 'yolov5');
+      assert.deepEqual(model.description.preprocessing, {
+        pad: 'centre',
+        channelOrder: 'bgr',
+        scale: 1 / 255,
+      });
+      // Fed as BGR, a red square reaches the model as pure blue (its 0.72 duplicate is cut).
+      const red: Shape = { colour: 'red', x: 40, y: 60, w: 80, h: 50 };
+      const out = await model.run(
+        [drawPixels(320, 320, [red])],
+        [{ confidence: 0.75, allowedClassIds: null, maxCandidates: 10 }],
+      );
+      assert.deepEqual(
+        [...out.candidates[0]!],
+        [80, 85, 80, 50, TINY_YOLOV5_CLASS_SCORE, 2].map((v) => Math.fround(v)),
+      );
+    } finally {
+      await model.close();
+    }
   });
 });
