@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { drawImage, expectedBox, type Shape } from '../helpers/images.js';
-import { suiteStack, type Stack } from '../helpers/stack.js';
+import { startStack, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
  * Roboflow's legacy route, `POST /{dataset_id}/{version_id}`, against the stack serving the
@@ -13,6 +13,7 @@ import { suiteStack, type Stack } from '../helpers/stack.js';
  * scales, and clear errors for bad input.
  */
 let stack: Stack;
+let redis: RedisHandle;
 let imageServer: Server;
 let imageServerUrl: string;
 let scene: Buffer;
@@ -22,8 +23,9 @@ const SHAPES: Shape[] = [
   { colour: 'blue', x: 260, y: 150, w: 140, h: 90 },
 ];
 
-suiteStack({ env: { MODEL_ID: 'shapes/1', ALLOW_PRIVATE_URLS: 'true' } }, (s) => {
+suiteStack({ env: { MODEL_ID: 'shapes/1', ALLOW_PRIVATE_URLS: 'true' } }, (s, r) => {
   stack = s;
+  redis = r;
 });
 
 before(async () => {
@@ -229,5 +231,30 @@ describe('POST /{dataset_id}/{version_id}', () => {
     });
     assert.equal(urlencoded.status, 415);
     assert.equal((await fetch(`${stack.url}/model/registry`)).status, 200);
+  });
+
+  test('with API keys, the api_key query parameter (as Roboflow) or a Bearer key is required', async () => {
+    const keyed = await startStack({
+      redisUrl: redis.url,
+      env: { MODEL_ID: 'shapes/1', API_KEYS: 'legacy-key' },
+    });
+    try {
+      const post = (path: string, headers: Record<string, string> = {}) =>
+        fetch(`${keyed.url}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+          body: scene.toString('base64'),
+        });
+      const missing = await post('/shapes/1');
+      assert.equal(missing.status, 401);
+      assert.equal(((await missing.json()) as { code: string }).code, 'UNAUTHORIZED');
+      assert.equal((await post('/shapes/1?api_key=wrong')).status, 401);
+      const ok = await post('/shapes/1?api_key=legacy-key');
+      assert.equal(ok.status, 200);
+      assertShapes((await ok.json()) as DetectionResponse);
+      assert.equal((await post('/shapes/1', { authorization: 'Bearer legacy-key' })).status, 200);
+    } finally {
+      await keyed.stop();
+    }
   });
 });
