@@ -1,5 +1,5 @@
-import { availableParallelism } from 'node:os';
-import { basename, extname } from 'node:path';
+import { availableParallelism, homedir } from 'node:os';
+import { basename, extname, join } from 'node:path';
 import { z } from 'zod';
 import { MODEL_LAYOUTS, type ModelLayout } from './model-layout.js';
 
@@ -37,6 +37,20 @@ const EnvSchema = z.object({
   CLASS_NAMES: z.string().min(1).optional(),
   /** Output layout of MODEL_PATH; unset detects it from the output shape and metadata. */
   MODEL_LAYOUT: z.enum(MODEL_LAYOUTS).optional(),
+  /** Download the one model from here (http/https) instead of MODEL_PATH. */
+  MODEL_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** Expected sha256 of the MODEL_URL download; a mismatch stops the start. */
+  MODEL_SHA256: z
+    .string()
+    .regex(/^[0-9a-fA-F]{64}$/, '64 hexadecimal characters')
+    .transform((s) => s.toLowerCase())
+    .optional(),
+  /** Where downloaded models are kept between starts. */
+  MODEL_CACHE_DIR: z.string().min(1).default(defaultCacheDir()),
+  /** Several models (YAML or JSON); replaces MODEL_PATH / MODEL_URL. */
+  MODELS_FILE: z.string().min(1).optional(),
+  /** Models the inference process keeps loaded at once; the least recently used goes first. */
+  MAX_ACTIVE_MODELS: int(4, 1, 1024),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
   /**
    * How long a worker's claim on a job lasts without renewal. A job whose worker died is taken
@@ -106,6 +120,11 @@ export interface Config {
     classNamesPath: string | undefined;
     /** Output layout; undefined detects it (see services/infer/model-layout.ts). */
     layout: ModelLayout | undefined;
+    modelUrl: string | undefined;
+    modelSha256: string | undefined;
+    modelCacheDir: string;
+    modelsFile: string | undefined;
+    maxActiveModels: number;
   };
   requestTimeoutMs: number;
   jobLockMs: number;
@@ -114,6 +133,17 @@ export interface Config {
   logLevel: Env['LOG_LEVEL'];
   supervisor: { gatewayProcesses: number; preProcesses: number; postProcesses: number };
   drainTimeoutMs: number;
+}
+
+/** The model id of a file or URL: its file name without the extension. */
+export function modelIdFromLocation(location: string): string {
+  const name = basename(location.split(/[?#]/)[0] ?? location);
+  return name.slice(0, name.length - extname(name).length) || name;
+}
+
+function defaultCacheDir(): string {
+  const base = process.env['XDG_CACHE_HOME'] || join(homedir(), '.cache');
+  return join(base, 'staged-detect', 'models');
 }
 
 /** Model id served when no MODEL_PATH is given: the project's generated tiny detector. */
@@ -135,8 +165,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
   }
   const e = parsed.data;
-  const modelId =
-    e.MODEL_ID ?? (e.MODEL_PATH ? basename(e.MODEL_PATH, extname(e.MODEL_PATH)) : TINY_MODEL_ID);
+  const sources = [
+    e.MODELS_FILE && 'MODELS_FILE',
+    e.MODEL_PATH && 'MODEL_PATH',
+    e.MODEL_URL && 'MODEL_URL',
+  ];
+  if (sources.filter(Boolean).length > 1) {
+    throw new ConfigError(
+      `invalid configuration:\n  ${sources.filter(Boolean).join(', ')}: set only one of them`,
+    );
+  }
+  if (e.MODEL_SHA256 && !e.MODEL_URL) {
+    throw new ConfigError(
+      'invalid configuration:\n  MODEL_SHA256: checks MODEL_URL, which is not set',
+    );
+  }
+  const location = e.MODEL_PATH ?? e.MODEL_URL;
+  const modelId = e.MODEL_ID ?? (location ? modelIdFromLocation(location) : TINY_MODEL_ID);
   return {
     redis: { url: e.REDIS_URL, prefix: e.REDIS_PREFIX },
     gateway: {
@@ -168,6 +213,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       modelId,
       classNamesPath: e.CLASS_NAMES,
       layout: e.MODEL_LAYOUT,
+      modelUrl: e.MODEL_URL,
+      modelSha256: e.MODEL_SHA256,
+      modelCacheDir: e.MODEL_CACHE_DIR,
+      modelsFile: e.MODELS_FILE,
+      maxActiveModels: e.MAX_ACTIVE_MODELS,
     },
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     jobLockMs: e.JOB_LOCK_MS,

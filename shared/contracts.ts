@@ -126,11 +126,19 @@ export interface ModelDescription {
   input_height: number;
   class_names: string[];
   execution_provider: string;
+  /** Whether the model is loaded now (listed models load on first use). */
+  loaded: boolean;
+  /** Pinned models are loaded at start and never unloaded. */
+  pinned: boolean;
   /** Output layout `infer` decodes (see model-layout.ts). */
   layout: ModelLayout;
   /** How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest. */
   preprocessing: Preprocessing;
 }
+
+/** A command from the gateway's model routes to the inference process. */
+export type ModelCommand =
+  { op: 'add'; modelId: string } | { op: 'remove'; modelId: string } | { op: 'clear' };
 
 /** The request context of a job, without the stage-specific fields, for the next stage's job. */
 export function contextOf(job: RequestContext): RequestContext {

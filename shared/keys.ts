@@ -44,6 +44,11 @@ export class Keys {
     return `${this.prefix}:models`;
   }
 
+  /** Pub/sub channel of model commands (load, unload, clear) from the gateway to `infer`. */
+  modelControl(): string {
+    return `${this.prefix}:model-control`;
+  }
+
   /** Heartbeat of one live instance of a role (a `model` heartbeat carries its description). */
   alive(role: string, instanceId: string): string {
     return `${this.prefix}:alive:${role}:${instanceId}`;

@@ -35,6 +35,12 @@ export class ModelDirectory {
     return this.loading;
   }
 
+  /** Every published model, read from Redis now. */
+  async fresh(): Promise<Map<string, ModelDescription>> {
+    this.cache = undefined;
+    return this.all();
+  }
+
   /** One model's description; reloads once on a miss, since a model may have just appeared. */
   async get(modelId: string): Promise<ModelDescription | undefined> {
     const hit = (await this.all()).get(modelId);

@@ -57,6 +57,46 @@ export const errorSchema = {
   },
 } as const;
 
+const modelEntry = {
+  type: 'object',
+  required: ['model_id', 'task_type', 'batch_size', 'input_height', 'input_width'],
+  properties: {
+    model_id: { type: 'string' },
+    task_type: { type: 'string' },
+    batch_size: { type: 'integer' },
+    input_height: { type: 'integer' },
+    input_width: { type: 'integer' },
+  },
+} as const;
+
+const servedModelsSchema = {
+  type: 'object',
+  required: ['models'],
+  properties: {
+    models: {
+      type: 'array',
+      items: {
+        ...modelEntry,
+        required: [...modelEntry.required, 'loaded', 'pinned', 'layout', 'class_names'],
+        properties: {
+          ...modelEntry.properties,
+          loaded: { type: 'boolean' },
+          pinned: { type: 'boolean' },
+          layout: { type: 'string' },
+          execution_provider: { type: 'string' },
+          class_names: { type: 'array', items: { type: 'string' } },
+        },
+      },
+    },
+  },
+} as const;
+
+const modelIdBody = {
+  type: 'object',
+  required: ['model_id'],
+  properties: { model_id: { type: 'string' }, api_key: { type: 'string' } },
+} as const;
+
 const modelsSchema = {
   type: 'object',
   required: ['models'],
@@ -93,11 +133,24 @@ export const routeSchemas = {
       ...errors(400, 404, 413, 415, 500, 503, 504),
     },
   },
-  registry: { summary: 'Served models', response: { 200: modelsSchema } },
+  registry: { summary: 'Loaded models (Roboflow model registry)', response: { 200: modelsSchema } },
+  models: {
+    summary: 'Every model this stack serves, loaded or not, with its classes and layout',
+    response: { 200: servedModelsSchema },
+  },
   addModel: {
-    summary: 'Check that a model is served (inference-sdk calls this before inferring)',
-    body: { type: 'object', required: ['model_id'], properties: { model_id: { type: 'string' } } },
-    response: { 200: modelsSchema, ...errors(400, 404) },
+    summary: 'Load a served model now (inference-sdk calls this before inferring)',
+    body: modelIdBody,
+    response: { 200: modelsSchema, ...errors(400, 404, 503, 504) },
+  },
+  removeModel: {
+    summary: 'Unload a model; it loads again on its next request',
+    body: modelIdBody,
+    response: { 200: modelsSchema, ...errors(400, 404, 409, 503, 504) },
+  },
+  clearModels: {
+    summary: 'Unload every model that is not pinned',
+    response: { 200: modelsSchema, ...errors(503, 504) },
   },
 } as const;
 

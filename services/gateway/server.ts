@@ -26,6 +26,7 @@ import { registerDashboard } from './dashboard.js';
 import { registerDemoPage } from './demo-page.js';
 import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
+import { registerModelRoutes } from './model-routes.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
 import type { ImageResult, ResultWaiter } from './result-waiter.js';
 import { serverTiming } from './server-timing.js';
@@ -182,18 +183,12 @@ export async function buildServer(deps: GatewayDeps) {
     return deps.registry.metrics();
   });
 
-  app.get('/model/registry', { schema: routeSchemas.registry, ...needsKey }, async () => ({
-    models: [...(await models.all()).values()].map(describe),
-  }));
-
-  app.post('/model/add', { schema: routeSchemas.addModel, ...needsKey }, async (req) => {
-    const modelId = (req.body as { model_id?: unknown } | undefined)?.model_id;
-    if (typeof modelId !== 'string' || modelId === '') {
-      throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');
-    }
-    const served = await models.all();
-    resolveModelId(modelId, served);
-    return { models: [...served.values()].map(describe) };
+  registerModelRoutes(app, {
+    models,
+    redis,
+    keys,
+    needsKey,
+    timeoutMs: config.requestTimeoutMs,
   });
 
   app.get('/healthz', () => ({ status: 'ok' }));
@@ -306,17 +301,6 @@ async function runPipeline(
     await redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
     throw err;
   }
-}
-
-/** Roboflow's ModelDescriptionEntity. */
-function describe(m: ModelDescription) {
-  return {
-    model_id: m.model_id,
-    task_type: m.task_type,
-    batch_size: m.batch_size,
-    input_height: m.input_height,
-    input_width: m.input_width,
-  };
 }
 
 async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {

@@ -1,17 +1,27 @@
 import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
-import { QueueName, contextOf, nowMs, type InferJob } from '../../shared/contracts.js';
+import {
+  QueueName,
+  contextOf,
+  nowMs,
+  type InferJob,
+  type ModelCommand,
+} from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { publishModel } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
+import { closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
-import { Batcher } from './batcher.js';
+import { BatchScheduler } from './batcher.js';
 import { InferenceMetrics } from './metrics.js';
-import { OnnxModel } from './model.js';
+import { ModelPool } from './model-pool.js';
+import { loadModelSpecs } from './models-file.js';
 
 /**
- * The `infer` stage: the one process that owns the model. It takes letterboxed images from the
- * `infer` queue, runs them in dynamic batches (batcher.ts) on the model's own thread, stores
- * each image's compact candidates in Redis and enqueues it on the `post` queue.
+ * The `infer` stage: the one process that owns the models (model-pool.ts). It takes
+ * letterboxed images from the `infer` queue, runs them in dynamic batches per model with one
+ * batch on the hardware at a time (batcher.ts, which also decides between models), stores each
+ * image's compact candidates in Redis and enqueues it on the `post` queue. The gateway's model
+ * routes reach it as commands on a pub/sub channel.
  */
 interface BatchItem {
   job: InferJob;
@@ -25,69 +35,89 @@ interface ItemResult {
   inferEnd: number;
 }
 
-runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
-  const model = await OnnxModel.load({ ...config.infer });
-  const desc = model.description;
-  log.info(
-    {
-      model: desc.model_id,
-      provider: desc.execution_provider,
-      input: [desc.input_width, desc.input_height],
-      batch: model.fixedBatch ?? 'dynamic',
-      loadMs: Math.round(model.loadMs),
-    },
-    'model loaded',
-  );
-  const metrics = new InferenceMetrics(registry, desc, model.loadMs / 1000);
-  await publishModel(client, keys, desc);
+runStage(QueueName.infer, async ({ config, log, keys, client, registry, instanceId }) => {
+  const metrics = new InferenceMetrics(registry);
+  const publish = async (desc: Parameters<typeof publishModel>[2]) => {
+    metrics.described(desc);
+    await publishModel(client, keys, desc);
+  };
+  const pool = await ModelPool.start(await loadModelSpecs(config.infer), {
+    maxActive: config.infer.maxActiveModels,
+    executionProvider: config.infer.executionProvider,
+    cacheDir: config.infer.modelCacheDir,
+    log,
+    onChange: publish,
+    onLoad: (model) => metrics.loaded(model.description.model_id, model.loadMs / 1000),
+  });
+  const publishAll = () => Promise.all(pool.descriptions().map(publish));
+  await publishAll();
   const postQueue = createQueue(QueueName.post, client, keys.prefix);
 
-  const batcher = new Batcher<BatchItem, ItemResult>({
-    maxBatchSize: model.maxBatch,
+  const scheduler = new BatchScheduler<BatchItem, ItemResult>({
     maxDelayMs: config.infer.maxBatchDelayMs,
+    laneOf: (item) => item.job.modelId,
+    maxBatchOf: (modelId) => pool.maxBatchOf(modelId),
     deadlineOf: (item) => item.job.deadline,
     expiredError: () =>
       new PipelineError(
         ErrorCode.DEADLINE_EXCEEDED,
         'request deadline passed before the model ran',
       ),
-    run: async (items) => {
-      try {
-        const inferStart = nowMs();
-        const out = await model.run(
-          items.map((i) => i.pixels),
-          items.map((i) => ({
-            confidence: i.job.params.confidence,
-            allowedClassIds: classIdsOf(i.job.params.classFilter, desc.class_names),
-            maxCandidates: i.job.params.maxCandidates,
-          })),
-        );
-        metrics.batch(items.length, out.timings);
-        log.debug({ size: items.length, ...out.timings }, 'batch done');
-        const inferEnd = nowMs();
-        return out.candidates.map((candidates) => ({
-          candidates,
-          batchSize: items.length,
-          inferStart,
-          inferEnd,
-        }));
-      } catch (err) {
-        throw new PipelineError(
-          ErrorCode.MODEL_EXECUTION_FAILED,
-          `the model failed on this batch: ${err instanceof Error ? err.message : String(err)}`,
-        );
-      }
-    },
+    run: (modelId, items) =>
+      pool.use(modelId, async (model) => {
+        const classNames = model.description.class_names;
+        try {
+          const inferStart = nowMs();
+          const out = await model.run(
+            items.map((i) => i.pixels),
+            items.map((i) => ({
+              confidence: i.job.params.confidence,
+              allowedClassIds: classIdsOf(i.job.params.classFilter, classNames),
+              maxCandidates: i.job.params.maxCandidates,
+            })),
+          );
+          const inferEnd = nowMs();
+          metrics.batch(modelId, items.length, out.timings);
+          log.debug({ model: modelId, size: items.length, ...out.timings }, 'batch done');
+          return out.candidates.map((candidates) => ({
+            candidates,
+            batchSize: items.length,
+            inferStart,
+            inferEnd,
+          }));
+        } catch (err) {
+          throw new PipelineError(
+            ErrorCode.MODEL_EXECUTION_FAILED,
+            `the model failed on this batch: ${err instanceof Error ? err.message : String(err)}`,
+          );
+        }
+      }),
   });
 
+  // Model routes of the gateway: load, unload, clear. Each ends in a republished description,
+  // which is what the gateway waits for.
+  const control = createRedis(config.redis.url, `infer-control:${instanceId}`, 'worker');
+  await control.subscribe(keys.modelControl());
+  control.on('message', (_channel: string, raw: string) => {
+    void (async () => {
+      const cmd = JSON.parse(raw) as ModelCommand;
+      if (cmd.op === 'clear') await pool.clear();
+      else if (!pool.has(cmd.modelId)) return;
+      else if (cmd.op === 'add') await pool.add(cmd.modelId);
+      else await pool.remove(cmd.modelId);
+      log.info({ command: cmd }, 'model command done');
+    })().catch((err: unknown) => log.warn({ err, raw }, 'model command failed'));
+  });
+
+  const batchLimit = pool.descriptions().reduce((sum, d) => sum + d.batch_size, 0);
   return {
-    // Twice the batch size, so the next batch fills while one runs.
-    concurrency: model.maxBatch * 2,
-    heartbeatPayload: JSON.stringify([desc.model_id]),
-    // Republished with every heartbeat, so a Redis that restarted empty learns it again.
-    everyBeat: () => publishModel(client, keys, desc),
+    // Twice the batch sizes, so the next batches fill while one runs.
+    concurrency: Math.min(1024, batchLimit * 2),
+    heartbeatPayload: JSON.stringify(pool.descriptions().map((d) => d.model_id)),
+    // Republished with every heartbeat, so a Redis that restarted empty learns them again.
+    everyBeat: publishAll,
     process: async (job, jobLog) => {
-      if (job.modelId !== desc.model_id) {
+      if (!pool.has(job.modelId)) {
         throw new PipelineError(
           ErrorCode.MODEL_NOT_FOUND,
           `model '${job.modelId}' is not served by this process`,
@@ -99,7 +129,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
           ErrorCode.DATA_EXPIRED,
           'the preprocessed image is no longer in Redis',
         );
-      const result = await batcher.submit({ job, pixels });
+      const result = await scheduler.submit({ job, pixels });
       // The pixels stay until `post` finishes the image, so a retry after a crash finds them.
       await client.set(
         keys.candidates(job.id),
@@ -119,8 +149,9 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry }) => {
       );
     },
     close: [
-      ['batcher', () => Promise.resolve(batcher.close())],
-      ['model', () => model.close()],
+      ['model control', () => closeRedis(control)],
+      ['batcher', () => Promise.resolve(scheduler.close())],
+      ['models', () => pool.close()],
       ['post queue', () => postQueue.close()],
     ],
   };

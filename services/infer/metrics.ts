@@ -8,18 +8,22 @@ import type { RunTimings } from './session-protocol.js';
  * counted separately, so the average batch size is images / executions (as in Triton).
  */
 export class InferenceMetrics {
-  private readonly labels: { model_id: string };
   private readonly batchSize: Histogram<'model_id'>;
   private readonly executions: Counter<'model_id'>;
   private readonly images: Counter<'model_id'>;
   private readonly run: Histogram<'model_id'>;
   private readonly prepare: Histogram<'model_id'>;
   private readonly decode: Histogram<'model_id'>;
+  private readonly loadSeconds: Gauge<'model_id'>;
+  private readonly loads: Counter<'model_id'>;
+  private readonly loadedGauge: Gauge<'model_id'>;
+  private readonly info: Gauge<
+    'model_id' | 'execution_provider' | 'input_width' | 'input_height' | 'max_batch_size' | 'layout'
+  >;
 
-  constructor(registry: Registry, model: ModelDescription, loadSeconds: number) {
+  constructor(registry: Registry) {
     const registers = [registry];
     const labelNames = ['model_id'] as const;
-    this.labels = { model_id: model.model_id };
     this.batchSize = new Histogram({
       name: `${METRIC_PREFIX}inference_batch_size`,
       help: 'Images per model execution.',
@@ -60,42 +64,69 @@ export class InferenceMetrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    new Gauge({
+    this.loadSeconds = new Gauge({
       name: `${METRIC_PREFIX}model_load_seconds`,
-      help: 'Time the model took to load.',
+      help: 'Time the model took to load, the last time it was loaded.',
       labelNames,
       registers,
-    }).set(this.labels, loadSeconds);
-    new Gauge({
+    });
+    this.loads = new Counter({
+      name: `${METRIC_PREFIX}model_loads_total`,
+      help: 'Times the model was loaded (at start, on first use, after being unloaded).',
+      labelNames,
+      registers,
+    });
+    this.loadedGauge = new Gauge({
+      name: `${METRIC_PREFIX}model_loaded`,
+      help: 'Whether the model is loaded now (1) or unloaded until used (0).',
+      labelNames,
+      registers,
+    });
+    this.info = new Gauge({
       name: `${METRIC_PREFIX}model_info`,
-      help: 'The served model (always 1), with its execution provider and input size as labels.',
+      help: 'A served model (always 1), with its execution provider, input size and layout as labels.',
       labelNames: [
         'model_id',
         'execution_provider',
         'input_width',
         'input_height',
         'max_batch_size',
+        'layout',
       ],
       registers,
-    }).set(
+    });
+  }
+
+  /** Records a served model's description and whether it is loaded. */
+  described(model: ModelDescription): void {
+    this.info.set(
       {
         model_id: model.model_id,
         execution_provider: model.execution_provider,
         input_width: String(model.input_width),
         input_height: String(model.input_height),
         max_batch_size: String(model.batch_size),
+        layout: model.layout,
       },
       1,
     );
+    this.loadedGauge.set({ model_id: model.model_id }, model.loaded ? 1 : 0);
+  }
+
+  /** Records one load of a model. */
+  loaded(modelId: string, seconds: number): void {
+    this.loads.inc({ model_id: modelId });
+    this.loadSeconds.set({ model_id: modelId }, seconds);
   }
 
   /** Records one executed batch. */
-  batch(size: number, timings: RunTimings): void {
-    this.batchSize.observe(this.labels, size);
-    this.executions.inc(this.labels);
-    this.images.inc(this.labels, size);
-    this.run.observe(this.labels, timings.runMs / 1000);
-    this.prepare.observe(this.labels, timings.prepareMs / 1000);
-    this.decode.observe(this.labels, timings.decodeMs / 1000);
+  batch(modelId: string, size: number, timings: RunTimings): void {
+    const labels = { model_id: modelId };
+    this.batchSize.observe(labels, size);
+    this.executions.inc(labels);
+    this.images.inc(labels, size);
+    this.run.observe(labels, timings.runMs / 1000);
+    this.prepare.observe(labels, timings.prepareMs / 1000);
+    this.decode.observe(labels, timings.decodeMs / 1000);
   }
 }

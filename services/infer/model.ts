@@ -140,6 +140,9 @@ export class OnnxModel {
       input_height: inputHeight,
       class_names: classNames,
       execution_provider: opts.executionProvider,
+      // The pool (model-pool.ts) sets these two; a model just opened is loaded and unpinned.
+      loaded: true,
+      pinned: false,
       layout: detected.layout,
       preprocessing,
     };
