@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 import {
@@ -107,7 +108,10 @@ describe('real COCO models', () => {
     ]);
     assert.ok(classes.includes('tie') && classes.includes('person'), classes.join(','));
     assert.ok((results[2].body as DetectionResponse).predictions.some((p) => p.class === 'bus'));
-    const sizes = logEvents(stack, 'infer', 'batch done').map((e) => e['size']);
+    // The log lines come through a pipe and may trail the HTTP answers by a moment.
+    const batches = () => logEvents(stack, 'infer', 'batch done').map((e) => e['size']);
+    for (let i = 0; i < 50 && batches().length < 4; i++) await sleep(20);
+    const sizes = batches();
     assert.ok(sizes.length >= 4 && sizes.every((s) => s === 1), `batch sizes: ${sizes.join(', ')}`);
   });
 
