@@ -230,22 +230,26 @@ describe('docker-compose.yml', { skip }, () => {
     assert.ok(existsSync(join(ROOT, 'services/supervisor/healthcheck.ts')));
   });
 
-  test('infer alone mounts ./models read-only; MODEL_PATH is empty by default', () => {
+  test('infer alone mounts ./models read-only and the model cache; MODEL_PATH is empty by default', () => {
     for (const [name, service] of Object.entries(services())) {
       const volumes = service.volumes ?? [];
       if (name !== 'infer') {
         assert.deepEqual(volumes, [], name);
         continue;
       }
-      assert.equal(volumes.length, 1);
-      const volume = volumes[0];
-      if (typeof volume === 'string') {
-        assert.match(volume, /\/models:\/models:ro$/);
+      assert.equal(volumes.length, 2);
+      const [models, cache] = volumes;
+      if (typeof models === 'string') {
+        assert.match(models, /\/models:\/models:ro$/);
       } else {
-        assert.equal(volume?.target, '/models');
-        assert.equal(volume?.read_only, true);
-        assert.match(volume?.source ?? '', /\/models$/);
+        assert.equal(models?.target, '/models');
+        assert.equal(models?.read_only, true);
+        assert.match(models?.source ?? '', /\/models$/);
       }
+      // Downloaded models (MODEL_URL) survive a restart in a named volume.
+      if (typeof cache === 'string') assert.match(cache, /model-cache:\/cache(:rw)?$/);
+      else assert.equal(cache?.target, '/cache');
+      assert.equal(service.environment?.['MODEL_CACHE_DIR'], '/cache');
       assert.equal(service.environment?.['MODEL_PATH'], '');
       assert.equal(service.environment?.['EXECUTION_PROVIDER'], 'cpu');
     }

@@ -71,7 +71,8 @@ async function errorText(res: Response): Promise<string> {
 }
 
 async function loadModels(): Promise<void> {
-  const res = await fetch('/model/registry', { headers: authHeaders() });
+  // Every served model, loaded or not: one that is not loaded loads on its first request.
+  const res = await fetch('/models', { headers: authHeaders() });
   if (res.status === 401) {
     ui.keyField.hidden = false;
     setStatus('Enter an API key to list the models.', true);
@@ -81,13 +82,18 @@ async function loadModels(): Promise<void> {
     setStatus(`Could not list the models: ${await errorText(res)}`, true);
     return;
   }
-  const { models } = (await res.json()) as { models: Array<{ model_id: string }> };
+  const { models } = (await res.json()) as {
+    models: Array<{ model_id: string; loaded: boolean }>;
+  };
   const chosen = ui.model.value;
   ui.model.replaceChildren(
-    ...models.map((m) => new Option(m.model_id, m.model_id, false, m.model_id === chosen)),
+    ...models.map((m) => {
+      const label = m.loaded ? m.model_id : `${m.model_id} (loads on first use)`;
+      return new Option(label, m.model_id, false, m.model_id === chosen);
+    }),
   );
   setStatus(
-    models.length > 0 ? 'Choose an image.' : 'No model is loaded yet.',
+    models.length > 0 ? 'Choose an image.' : 'No model is served yet.',
     models.length === 0,
   );
 }
