@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { Batcher } from '../services/infer/batcher.js';
@@ -12,7 +13,7 @@ import { loadImages, workload, type WorkloadName } from './workloads.js';
  * `inflight` images in progress at once. Also the model alone: session.run throughput per batch
  * size on already letterboxed input.
  *
- * Usage: tsx bench/limit.ts <workload> <seconds per level> <inflight,...> <maxBatch>
+ * Usage: tsx bench/limit.ts <workload> <seconds per level> <inflight,...> <maxBatch> <warm-up s>
  * Progress on stderr; one JSON object on stdout.
  */
 export interface LimitLevel {
@@ -26,7 +27,11 @@ export interface LimitLevel {
 }
 
 export interface ModelAlone {
+  /** 'default' is what the inference process uses; the others are alternatives. */
+  sessionOptions: string;
   batchSize: number;
+  /** CPU time of the whole process (every onnxruntime thread) per image. */
+  cpuMsPerImage: number;
   imagesPerSecond: number;
   msPerBatch: number;
 }
@@ -37,9 +42,15 @@ export interface LimitResult {
   rssAtRestMiB: number;
 }
 
-const [name = 'yolov8n', secondsArg = '5', levelsArg = '1,4,16,64', batchArg = '8'] =
-  process.argv.slice(2);
+const [
+  name = 'yolov8n',
+  secondsArg = '5',
+  levelsArg = '1,4,16,64',
+  batchArg = '8',
+  warmupArg = '2',
+] = process.argv.slice(2);
 const seconds = Number(secondsArg);
+const warmupSeconds = Number(warmupArg);
 const levels = levelsArg.split(',').map(Number);
 const maxBatch = Number(batchArg);
 const wl = workload(name as WorkloadName);
@@ -77,76 +88,109 @@ async function one(bytes: Buffer): Promise<void> {
   detector.post(candidates, params, letterbox, receivedAt);
 }
 
-/** Runs `inflight` loops over the images for `ms`; returns the latencies of finished images. */
-async function drive(inflight: number, ms: number): Promise<number[]> {
-  const until = performance.now() + ms;
+/**
+ * Keeps `inflight` images in progress; after a warm-up (at least warmupMs and until `inflight`
+ * images finished), measures a window of `ms`: the latencies of the images finished inside it
+ * and the process's CPU time.
+ */
+async function drive(inflight: number, warmupMs: number, ms: number) {
+  let stop = false;
+  let finished = 0;
+  let open = false;
   const latencies: number[] = [];
   let next = 0;
-  await Promise.all(
-    Array.from({ length: inflight }, async () => {
-      while (performance.now() < until) {
-        const t = performance.now();
-        await one(images[next++ % images.length]!);
-        latencies.push(performance.now() - t);
-      }
-    }),
-  );
-  return latencies;
+  const loops = Array.from({ length: inflight }, async () => {
+    while (!stop) {
+      const t = performance.now();
+      await one(images[next++ % images.length]!);
+      finished++;
+      if (open) latencies.push(performance.now() - t);
+    }
+  });
+  await sleep(warmupMs);
+  while (finished < inflight) await sleep(50);
+  batches = 0;
+  batchedImages = 0;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  open = true;
+  await sleep(ms);
+  open = false;
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const meanBatch = batchedImages / Math.max(1, batches);
+  const rss = process.memoryUsage().rss;
+  stop = true;
+  await Promise.all(loops);
+  return { latencies, wall, cpuSeconds: (cpu.user + cpu.system) / 1e6, meanBatch, rss };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 const result: LimitResult = { levels: [], modelAlone: [], rssAtRestMiB };
 for (const inflight of levels) {
   process.stderr.write(`  limit ${wl.name}: ${inflight} in flight, ${seconds} s …\n`);
-  await drive(inflight, Math.min(2000, seconds * 300)); // warm-up
-  batches = 0;
-  batchedImages = 0;
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  const latencies = await drive(inflight, seconds * 1000);
-  const wall = (performance.now() - t0) / 1000;
-  const cpu = process.cpuUsage(cpu0);
+  const m = await drive(inflight, warmupSeconds * 1000, seconds * 1000);
   result.levels.push({
     inflight,
-    imagesPerSecond: round(latencies.length / wall, 1),
-    latencyMs: roundAll(summarise(latencies)),
-    cpuCores: round((cpu.user + cpu.system) / 1e6 / wall),
-    rssMiB: round(process.memoryUsage().rss / 2 ** 20, 1),
-    meanBatchSize: round(batchedImages / Math.max(1, batches)),
+    imagesPerSecond: round(m.latencies.length / m.wall, 1),
+    latencyMs: roundAll(summarise(m.latencies)),
+    cpuCores: round(m.cpuSeconds / m.wall),
+    rssMiB: round(m.rss / 2 ** 20, 1),
+    meanBatchSize: round(m.meanBatch),
   });
 }
 batcher.close();
 
-// The model alone: session.run on a float32 batch made once, per batch size.
-const sessionOptions: ort.InferenceSession.SessionOptions = {
-  executionProviders: ['cpu'],
-  graphOptimizationLevel: 'all',
-};
-const session = wl.modelPath
-  ? await ort.InferenceSession.create(wl.modelPath, sessionOptions)
-  : await ort.InferenceSession.create(await tinyModelBytes(), sessionOptions);
+// The model alone: session.run on a float32 batch made once, per batch size, with the session
+// options the inference process uses (onnxruntime's defaults and graph optimisation 'all'),
+// then with other thread settings at batch 1 and the largest batch.
+const modelBytes = wl.modelPath
+  ? new Uint8Array(readFileSync(wl.modelPath))
+  : await tinyModelBytes();
 const { input_width: w, input_height: h } = detector.model.description;
-for (let b = 1; b <= maxBatch; b *= 2) {
-  const data = new Float32Array(b * 3 * h * w).fill(0.45);
-  const tensor = new ort.Tensor('float32', data, [b, 3, h, w]);
-  await session.run({ [session.inputNames[0]!]: tensor });
-  let runs = 0;
-  const t0 = performance.now();
-  const until = t0 + Math.max(1000, (seconds * 1000) / 3);
-  while (performance.now() < until) {
-    await session.run({ [session.inputNames[0]!]: tensor });
-    runs++;
-  }
-  const ms = (performance.now() - t0) / runs;
-  result.modelAlone.push({
-    batchSize: b,
-    imagesPerSecond: round((b * 1000) / ms, 1),
-    msPerBatch: round(ms),
+const VARIANTS: Record<string, ort.InferenceSession.SessionOptions> = {
+  default: {},
+  'intraOpNumThreads=1': { intraOpNumThreads: 1 },
+  'allow_spinning=0': { extra: { session: { intra_op: { allow_spinning: '0' } } } },
+};
+for (const [variant, extra] of Object.entries(VARIANTS)) {
+  const session = await ort.InferenceSession.create(modelBytes, {
+    executionProviders: ['cpu'],
+    graphOptimizationLevel: 'all',
+    ...extra,
   });
-  process.stderr.write(
-    `  model alone ${wl.name}: batch ${b}: ${round((b * 1000) / ms, 1)} images/s\n`,
-  );
+  for (let b = 1; b <= maxBatch; b *= 2) {
+    if (variant !== 'default' && b !== 1 && b !== maxBatch) continue;
+    const data = new Float32Array(b * 3 * h * w).fill(0.45);
+    const tensor = new ort.Tensor('float32', data, [b, 3, h, w]);
+    await session.run({ [session.inputNames[0]!]: tensor });
+    let runs = 0;
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    const until = t0 + Math.max(1000, (seconds * 1000) / 4);
+    while (performance.now() < until) {
+      await session.run({ [session.inputNames[0]!]: tensor });
+      runs++;
+    }
+    const ms = (performance.now() - t0) / runs;
+    const cpu = process.cpuUsage(cpu0);
+    const entry: ModelAlone = {
+      sessionOptions: variant,
+      batchSize: b,
+      imagesPerSecond: round((b * 1000) / ms, 1),
+      msPerBatch: round(ms),
+      cpuMsPerImage: round((cpu.user + cpu.system) / 1000 / (runs * b)),
+    };
+    result.modelAlone.push(entry);
+    process.stderr.write(
+      `  model alone ${wl.name} (${variant}): batch ${b}: ${entry.imagesPerSecond} images/s, ${entry.cpuMsPerImage} CPU ms/image\n`,
+    );
+  }
+  await session.release();
 }
-await session.release();
 await detector.close();
 process.stdout.write(`${JSON.stringify(result)}\n`);
 process.exit(0);

@@ -3,10 +3,11 @@ import { summarise, type LatencySummary } from './latency.js';
 
 /**
  * HTTP load with autocannon: `connections` clients, each sending the next body of a rotating
- * set as soon as its previous answer arrived (closed loop). One run of warm-up + measured
- * seconds: only answers that arrive inside the measured window count, so the window sees the
- * system in its steady state (queues already filled to this concurrency). The progress bar goes
- * to stderr.
+ * set as soon as its previous answer arrived (closed loop). One run of warm-up, then the
+ * measured window: only answers that arrive inside the window count. The warm-up lasts at least
+ * `warmupSeconds` and until `connections` answers arrived (at most MAX_WARMUP_SECONDS), so the
+ * window sees the system in its steady state, its queues filled to this concurrency, even when
+ * one answer takes longer than the warm-up. The progress bar goes to stderr.
  */
 export interface LoadStep {
   connections: number;
@@ -30,6 +31,8 @@ export interface LoadWindow {
   onClose?: () => void;
 }
 
+const MAX_WARMUP_SECONDS = 120;
+
 export async function runLoad(
   url: string,
   bodies: readonly Buffer[],
@@ -45,7 +48,8 @@ export async function runLoad(
     {
       url: `${url}/infer/object_detection`,
       connections,
-      duration: Math.ceil(window.warmupSeconds + window.seconds) + 1,
+      // Stopped by stop() once the window closes.
+      duration: MAX_WARMUP_SECONDS + window.seconds + 60,
       timeout: 60,
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -57,7 +61,9 @@ export async function runLoad(
     },
     () => {},
   );
+  let answered = 0;
   instance.on('response', (_client: unknown, status: number, _bytes: number, ms: number) => {
+    answered++;
     if (!open) return;
     if (status >= 200 && status < 300) latencies.push(ms);
     else non2xx++;
@@ -72,6 +78,8 @@ export async function runLoad(
     instance.once('done', resolve),
   );
   await sleep(window.warmupSeconds * 1000);
+  const warmupUntil = performance.now() + (MAX_WARMUP_SECONDS - window.warmupSeconds) * 1000;
+  while (answered < connections && performance.now() < warmupUntil) await sleep(100);
   window.onOpen?.();
   const openedAt = performance.now();
   open = true;
@@ -79,6 +87,7 @@ export async function runLoad(
   open = false;
   const closedAt = performance.now();
   window.onClose?.();
+  instance.stop();
   const result = await done;
   const seconds = (closedAt - openedAt) / 1000;
   const l = summarise(latencies);

@@ -36,7 +36,7 @@ const HELP = `usage: npm run bench -- [options]
   --post <n>            post processes of the pipeline (default: a quarter of the cores, at least 1)
   --out <dir>           where results go (default bench/results)
   --profile <dir>       write a V8 CPU profile of every process of the standard server and the
-                        pipeline into <dir> (V8 profiler, bench/cpu-profile.mjs; summarise with bench/profile-summary.ts)
+                        pipeline into <dir> (V8 profiler, bench/cpu-profile.ts; summarise with bench/profile-summary.ts)
   --no-stages           skip the single-stage timings (pre of bus.jpg, post of one output)
   --quick               a short run to try the harness
   --help`;
@@ -76,7 +76,7 @@ const options = {
 };
 const profileEnv: Record<string, string> = options.profileDir
   ? {
-      NODE_OPTIONS: `--import ${fileURLToPath(new URL('cpu-profile.mjs', import.meta.url))}`,
+      NODE_OPTIONS: `--import ${import.meta.resolve('tsx')} --import ${fileURLToPath(new URL('cpu-profile.ts', import.meta.url))}`,
       CPU_PROFILE_DIR: options.profileDir,
     }
   : {};
@@ -327,6 +327,7 @@ async function main(): Promise<void> {
         String(options.durationSeconds),
         options.concurrency.join(','),
         '8',
+        String(options.warmupSeconds),
       ]);
     }
     if (options.systems.includes('standard')) {
@@ -382,11 +383,27 @@ function formatTables(r: BenchResult): string {
         `  post at confidence ${p.confidence}: ${p.totalMs} ms (decodeYolov8 ${p.decodeMs} + NMS and response ${p.nmsAndResponseMs}; ${p.candidates} candidates, ${p.detections} boxes)`,
       );
   }
-  const w = [10, 5, 9, 9, 9, 9, 7, 10];
+  const w = [10, 5, 9, 9, 9, 9, 7, 11, 9];
+  // CPU per image is steadier than throughput on a machine shared with other work.
+  const perImage = (cores: number, ips: number) =>
+    ips > 0 ? round((cores * 1000) / ips, 1) : null;
   for (const [name, wr] of Object.entries(r.workloads)) {
     lines.push(`\n${name}: ${wr.describe}`);
     lines.push(
-      row(['system', 'conc', 'images/s', 'p50 ms', 'p90 ms', 'p99 ms', 'cores', 'RSS MiB'], w),
+      row(
+        [
+          'system',
+          'conc',
+          'images/s',
+          'p50 ms',
+          'p90 ms',
+          'p99 ms',
+          'cores',
+          'CPU ms/img',
+          'RSS MiB',
+        ],
+        w,
+      ),
     );
     for (const l of wr.limit?.levels ?? [])
       lines.push(
@@ -399,6 +416,7 @@ function formatTables(r: BenchResult): string {
             l.latencyMs.p90,
             l.latencyMs.p99,
             l.cpuCores,
+            perImage(l.cpuCores, l.imagesPerSecond),
             l.rssMiB,
           ],
           w,
@@ -420,6 +438,7 @@ function formatTables(r: BenchResult): string {
               s.latencyMs.p90,
               s.latencyMs.p99,
               s.cpuCores,
+              perImage(s.cpuCores, s.imagesPerSecond),
               round(rss, 0),
             ],
             w,
@@ -429,7 +448,7 @@ function formatTables(r: BenchResult): string {
     }
     if (wr.limit) {
       lines.push(
-        `  model alone (session.run): ${wr.limit.modelAlone.map((m) => `batch ${m.batchSize}: ${m.imagesPerSecond}/s`).join(', ')}`,
+        `  model alone (session.run, images/s and CPU ms/image): ${wr.limit.modelAlone.map((m) => `${m.sessionOptions} batch ${m.batchSize}: ${m.imagesPerSecond}/s ${m.cpuMsPerImage} ms`).join('; ')}`,
       );
     }
     const pw = [6, 8, 8, 8, 8, 8, 8, 6, 9, 9];
@@ -486,7 +505,7 @@ function formatTables(r: BenchResult): string {
           .join(', ');
         lines.push(`  pipeline RSS under load, c=${last.connections} (MiB): ${load}`);
         const cpu = Object.entries(last.cpuCoresByProcess)
-          .map(([k, v]) => `${k} ${v}`)
+          .map(([k, v]) => `${k} ${v} (${perImage(v, last.imagesPerSecond) ?? '-'} ms/img)`)
           .join(', ');
         lines.push(`  pipeline CPU by process, c=${last.connections} (cores): ${cpu}`);
       }
