@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import type { Prediction } from '../../shared/contracts.js';
 import sharp from 'sharp';
 
 /**
@@ -67,4 +69,30 @@ export async function drawImage(
 /** Expected prediction for a shape: Roboflow centre format. */
 export function expectedBox(s: Shape): { x: number; y: number; width: number; height: number } {
   return { x: s.x + s.w / 2, y: s.y + s.h / 2, width: s.w, height: s.h };
+}
+
+/**
+ * Asserts that predictions are exactly these shapes (one each, the tiny detector's class ids),
+ * boxes within 2 px, each with the given confidence.
+ */
+export function assertShapes(
+  predictions: Prediction[],
+  shapes: readonly Shape[],
+  confidence = 1,
+): void {
+  assert.deepEqual(
+    predictions.map((p) => p.class).sort(),
+    shapes.map((s) => s.colour).sort(),
+    `classes: ${JSON.stringify(predictions)}`,
+  );
+  for (const s of shapes) {
+    const p = predictions.find((q) => q.class === s.colour)!;
+    const want = expectedBox(s);
+    for (const k of ['x', 'y', 'width', 'height'] as const) {
+      assert.ok(Math.abs(p[k] - want[k]) <= 2, `${s.colour}.${k}: got ${p[k]}, want ${want[k]}`);
+    }
+    assert.ok(Math.abs(p.confidence - confidence) < 1e-3, `${s.colour}: ${p.confidence}`);
+    assert.equal(p.class_id, ['red', 'green', 'blue'].indexOf(s.colour));
+    assert.match(p.detection_id, /^[0-9a-f-]{36}$/);
+  }
 }

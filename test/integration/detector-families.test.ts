@@ -11,7 +11,7 @@ import {
 } from '../../services/infer/tiny-model/tiny-model.js';
 import type { DetectionResponse, ModelDescription, Prediction } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
-import { drawImage, drawPixels, expectedBox, type Shape } from '../helpers/images.js';
+import { assertShapes, drawImage, drawPixels, type Shape } from '../helpers/images.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 import {
   postJson,
@@ -119,24 +119,6 @@ const BUS_YOLOV8N = {
     { x1: 50, y1: 397, x2: 243, y2: 904 },
   ],
 };
-
-/** Asserts that predictions are exactly these shapes (one each), boxes within 2 px. */
-function assertShapes(predictions: Prediction[], shapes: Shape[], confidence: number): void {
-  assert.deepEqual(
-    predictions.map((p) => p.class).sort(),
-    shapes.map((s) => s.colour).sort(),
-    `classes: ${JSON.stringify(predictions)}`,
-  );
-  for (const s of shapes) {
-    const p = predictions.find((q) => q.class === s.colour)!;
-    const want = expectedBox(s);
-    for (const k of ['x', 'y', 'width', 'height'] as const) {
-      assert.ok(Math.abs(p[k] - want[k]) <= 2, `${s.colour}.${k}: got ${p[k]}, want ${want[k]}`);
-    }
-    assert.ok(Math.abs(p.confidence - confidence) < 1e-3, `${s.colour}: ${p.confidence}`);
-    assert.equal(p.class_id, ['red', 'green', 'blue'].indexOf(s.colour));
-  }
-}
 
 const SCENE: Shape[] = [
   { colour: 'red', x: 40, y: 60, w: 120, h: 90 },

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { after, before, describe, test } from 'node:test';
-import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
-import { drawImage, expectedBox, type Shape } from '../helpers/images.js';
+import { describe, test } from 'node:test';
+import type { DetectionResponse } from '../../shared/contracts.js';
+import { assertShapes, drawImage, type Shape } from '../helpers/images.js';
+import { suiteImageServer } from '../helpers/image-server.js';
 import {
   keysOf,
   logEvents,
@@ -20,9 +19,7 @@ import {
  */
 let redis: RedisHandle;
 let stack: Stack;
-let imageServer: Server;
-let imageServerUrl: string;
-const served = new Map<string, Buffer>();
+const images = suiteImageServer();
 
 const SCENE: Shape[] = [
   { colour: 'red', x: 40, y: 60, w: 120, h: 90 },
@@ -33,43 +30,10 @@ function base64Request(image: Buffer, extra: Record<string, unknown> = {}) {
   return { image: { type: 'base64', value: image.toString('base64') }, ...extra };
 }
 
-/** Asserts that predictions are exactly these shapes (one each), boxes within 2 px. */
-function assertShapes(predictions: Prediction[], shapes: Shape[]): void {
-  assert.deepEqual(
-    predictions.map((p) => p.class).sort(),
-    shapes.map((s) => s.colour).sort(),
-    `classes: ${JSON.stringify(predictions)}`,
-  );
-  for (const s of shapes) {
-    const p = predictions.find((q) => q.class === s.colour)!;
-    const want = expectedBox(s);
-    for (const k of ['x', 'y', 'width', 'height'] as const) {
-      assert.ok(Math.abs(p[k] - want[k]) <= 2, `${s.colour}.${k}: got ${p[k]}, want ${want[k]}`);
-    }
-    assert.equal(p.confidence, 1);
-    assert.equal(p.class_id, ['red', 'green', 'blue'].indexOf(s.colour));
-    assert.match(p.detection_id, /^[0-9a-f-]{36}$/);
-  }
-}
-
 // The test's own image server is on loopback, which image URLs may not reach by default.
 suiteStack({ env: { MAX_BATCH_DELAY_MS: '40', ALLOW_PRIVATE_URLS: 'true' } }, (s, r) => {
   stack = s;
   redis = r;
-});
-
-before(async () => {
-  imageServer = createServer((req, res) => {
-    const body = served.get(req.url ?? '');
-    if (!body) return void res.writeHead(404).end();
-    res.writeHead(200, { 'content-type': 'image/png' }).end(body);
-  });
-  await new Promise<void>((r) => imageServer.listen(0, '127.0.0.1', r));
-  imageServerUrl = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
-});
-
-after(() => {
-  imageServer?.close();
 });
 
 describe('object detection over HTTP', () => {
@@ -209,15 +173,15 @@ describe('object detection over HTTP', () => {
   });
 
   test('an image by URL, fetched by the pre stage', async () => {
-    served.set('/scene.png', await drawImage(480, 360, SCENE));
+    images.served.set('/scene.png', await drawImage(480, 360, SCENE));
     const res = await postJson(stack, '/infer/object_detection', {
-      image: { type: 'url', value: `${imageServerUrl}/scene.png` },
+      image: { type: 'url', value: `${images.url}/scene.png` },
     });
     assert.equal(res.status, 200, JSON.stringify(res.body));
     assertShapes((res.body as DetectionResponse).predictions, SCENE);
 
     const missing = await postJson(stack, '/infer/object_detection', {
-      image: { type: 'url', value: `${imageServerUrl}/nope.png` },
+      image: { type: 'url', value: `${images.url}/nope.png` },
     });
     assert.equal(missing.status, 400);
     assert.equal((missing.body as { code: string }).code, 'IMAGE_FETCH_FAILED');

@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
 import { boxColour } from '../../shared/palette.js';
 import { drawImage, drawPixels, type Shape } from '../helpers/images.js';
+import { suiteImageServer } from '../helpers/image-server.js';
 import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
@@ -14,9 +13,7 @@ import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../h
  */
 let redis: RedisHandle;
 let stack: Stack;
-let imageServer: Server;
-let imageServerUrl: string;
-const served = new Map<string, Buffer>();
+const images = suiteImageServer();
 
 const W = 480;
 const H = 360;
@@ -28,20 +25,6 @@ const SCENE: Shape[] = [
 suiteStack({ env: { ALLOW_PRIVATE_URLS: 'true' } }, (s, r) => {
   stack = s;
   redis = r;
-});
-
-before(async () => {
-  imageServer = createServer((req, res) => {
-    const body = served.get(req.url ?? '');
-    if (!body) return void res.writeHead(404).end();
-    res.writeHead(200, { 'content-type': 'image/png' }).end(body);
-  });
-  await new Promise<void>((r) => imageServer.listen(0, '127.0.0.1', r));
-  imageServerUrl = `http://127.0.0.1:${(imageServer.address() as AddressInfo).port}`;
-});
-
-after(() => {
-  imageServer?.close();
 });
 
 interface Decoded {
@@ -150,9 +133,9 @@ describe('visualize_predictions', () => {
   });
 
   test('an image URL is drawn on too, and its fetched bytes leave Redis with the image', async () => {
-    served.set('/scene.png', await drawImage(W, H, SCENE));
+    images.served.set('/scene.png', await drawImage(W, H, SCENE));
     const res = await postJson(stack, '/infer/object_detection', {
-      image: { type: 'url', value: `${imageServerUrl}/scene.png` },
+      image: { type: 'url', value: `${images.url}/scene.png` },
       visualize_predictions: true,
       visualization_stroke_width: 5,
     });
