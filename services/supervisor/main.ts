@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
-import { loadConfigOrExit } from '../../shared/config.js';
+import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
 import { createLogger } from '../../shared/logger.js';
@@ -70,13 +70,27 @@ async function main(): Promise<void> {
       return false;
     }
   });
-  const registry = (await (await fetch(`${url}/model/registry`)).json()) as {
-    models: Array<{ model_id: string }>;
-  };
   const counts = `gateway×${config.supervisor.gatewayProcesses} pre×${config.supervisor.preProcesses} infer×1 post×${config.supervisor.postProcesses}`;
   process.stdout.write(
-    `\nstaged-detect is ready at ${url}  model: ${registry.models.map((m) => m.model_id).join(', ')}  (${counts})\n\n`,
+    `\nstaged-detect is ready at ${url}  models: ${await servedModels(url, config)}  (${counts})\n\n`,
   );
+}
+
+/** The served models for the banner, loaded ones marked; '?' when they cannot be listed. */
+async function servedModels(url: string, config: Config): Promise<string> {
+  const key = config.gateway.apiKeys?.split(',')[0]?.trim();
+  try {
+    const res = await fetch(`${url}/models`, {
+      headers: key ? { authorization: `Bearer ${key}` } : {},
+    });
+    if (!res.ok) return '?';
+    const { models } = (await res.json()) as {
+      models: Array<{ model_id: string; loaded: boolean }>;
+    };
+    return models.map((m) => `${m.model_id}${m.loaded ? '' : ' (on first use)'}`).join(', ');
+  } catch {
+    return '?';
+  }
 }
 
 /**

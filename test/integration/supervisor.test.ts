@@ -89,7 +89,7 @@ describe('npm start (the supervisor)', () => {
       );
       const banner = run.stdout.find((l) => l.includes('is ready at'))!;
       assert.match(banner, new RegExp(`http://127\\.0\\.0\\.1:${port}`));
-      assert.match(banner, /model: tiny-shapes/);
+      assert.match(banner, /models: tiny-shapes /);
       const redisUrl = events(run).find((e) => e['msg'] === 'private redis-server started')?.[
         'redisUrl'
       ] as string;
