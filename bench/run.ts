@@ -375,7 +375,7 @@ function formatTables(r: BenchResult): string {
     const s = r.stages;
     lines.push('\nsingle stages (CPU ms of one core per image)');
     lines.push(
-      `  pre: decode + letterbox of ${s.pre.image} to 640×640: ${s.pre.msCpu} ms (wall ${s.pre.msWall} ms)`,
+      `  pre: decode + letterbox of ${s.pre.image} to 640×640: ${s.pre.msCpu} ms (wall ${s.pre.msWall} ms; the JPEG decode alone ${s.pre.decodeOnlyMsCpu} ms)`,
     );
     lines.push(`  infer thread: uint8 → float32 of one 640×640 image: ${s.floatConversionMs} ms`);
     for (const p of s.post)

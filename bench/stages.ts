@@ -20,7 +20,14 @@ import { SHARED_DIR } from './workloads.js';
  * Prints one JSON object on stdout.
  */
 export interface StageTimings {
-  pre: { image: string; msWall: number; msCpu: number; iterations: number };
+  pre: {
+    image: string;
+    msWall: number;
+    msCpu: number;
+    /** The JPEG decode alone (sharp to raw pixels at full size), for comparison. */
+    decodeOnlyMsCpu: number;
+    iterations: number;
+  };
   post: Array<{
     confidence: number;
     candidates: number;
@@ -47,6 +54,7 @@ async function timeIt(n: number, fn: () => unknown): Promise<{ wall: number; cpu
 }
 
 const pre = await timeIt(iterations, () => letterboxImage(bus, 640, 640, true, DECODE_LIMITS));
+const decodeOnly = await timeIt(iterations, () => sharp(bus).raw().toBuffer());
 const { pixels, letterbox } = await letterboxImage(bus, 640, 640, true, DECODE_LIMITS);
 
 const input = new Float32Array(3 * 640 * 640);
@@ -92,7 +100,13 @@ for (const confidence of [0.25, 0.001]) {
 await session.release();
 
 const result: StageTimings = {
-  pre: { image: 'bus.jpg 810×1080', msWall: round(pre.wall), msCpu: round(pre.cpu), iterations },
+  pre: {
+    image: 'bus.jpg 810×1080',
+    msWall: round(pre.wall),
+    msCpu: round(pre.cpu),
+    decodeOnlyMsCpu: round(decodeOnly.cpu),
+    iterations,
+  },
   post,
   floatConversionMs: round(conv.cpu, 3),
 };
