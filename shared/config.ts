@@ -51,6 +51,10 @@ const EnvSchema = z.object({
   MODELS_FILE: z.string().min(1).optional(),
   /** Models the inference process keeps loaded at once; the least recently used goes first. */
   MAX_ACTIVE_MODELS: int(4, 1, 1024),
+  /** onnxruntime threads per operator (CPU); 0 lets onnxruntime pick one per core. */
+  ORT_INTRA_OP_THREADS: int(0, 0, 1024),
+  /** Let onnxruntime's idle threads spin for the next run (keeps cores busy). */
+  ORT_ALLOW_SPINNING: z.stringbool().default(false),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
   /**
    * How long a worker's claim on a job lasts without renewal. A job whose worker died is taken
@@ -125,6 +129,7 @@ export interface Config {
     modelCacheDir: string;
     modelsFile: string | undefined;
     maxActiveModels: number;
+    threads: { intraOp: number; allowSpinning: boolean };
   };
   requestTimeoutMs: number;
   jobLockMs: number;
@@ -218,6 +223,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       modelCacheDir: e.MODEL_CACHE_DIR,
       modelsFile: e.MODELS_FILE,
       maxActiveModels: e.MAX_ACTIVE_MODELS,
+      threads: { intraOp: e.ORT_INTRA_OP_THREADS, allowSpinning: e.ORT_ALLOW_SPINNING },
     },
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     jobLockMs: e.JOB_LOCK_MS,

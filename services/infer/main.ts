@@ -45,6 +45,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     maxActive: config.infer.maxActiveModels,
     executionProvider: config.infer.executionProvider,
     cacheDir: config.infer.modelCacheDir,
+    threads: config.infer.threads,
     log,
     onChange: publish,
     onLoad: (model) => metrics.loaded(model.description.model_id, model.loadMs / 1000),

@@ -4,7 +4,7 @@ import type { Logger } from '../../shared/logger.js';
 import { ModelLoadError, OnnxModel, type ModelOptions } from './model.js';
 import { cachedModel } from './model-source.js';
 import type { ModelSpec } from './models-file.js';
-import type { ExecutionProvider } from './session-protocol.js';
+import type { ExecutionProvider, SessionThreads } from './session-protocol.js';
 
 /**
  * The models of the inference process. Every listed model is opened once at start, to learn
@@ -17,6 +17,7 @@ export interface PoolOptions {
   maxActive: number;
   executionProvider: ExecutionProvider;
   cacheDir: string;
+  threads: SessionThreads;
   log: Logger;
   /** Called whenever a model is loaded or unloaded, with its new description. */
   onChange: (desc: ModelDescription) => Promise<void>;
@@ -249,6 +250,7 @@ export class ModelPool {
       maxBatchSize: spec.maxBatchSize,
       layout: spec.layout,
       preprocessing: spec.preprocessing,
+      threads: this.opts.threads,
     };
   }
 }

@@ -11,15 +11,17 @@ import {
 import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
 import { detectLayout, LayoutError, type DetectedLayout } from './model-layout.js';
 import type { CandidateFilter } from './output-decoder.js';
-import type {
-  ConfigureRequest,
-  ExecutionProvider,
-  MainMessage,
-  RunTimings,
-  SessionInfo,
-  SessionInit,
-  ThreadMessage,
-  WarmupRequest,
+import {
+  DEFAULT_THREADS,
+  type ConfigureRequest,
+  type ExecutionProvider,
+  type MainMessage,
+  type RunTimings,
+  type SessionInfo,
+  type SessionInit,
+  type SessionThreads,
+  type ThreadMessage,
+  type WarmupRequest,
 } from './session-protocol.js';
 import { buildTinyDetector } from './tiny-model/tiny-model.js';
 
@@ -40,6 +42,8 @@ export interface ModelOptions {
   layout?: ModelLayout | undefined;
   /** Overrides of the layout's usual preprocessing (shared/model-layout.ts). */
   preprocessing?: Partial<Preprocessing> | undefined;
+  /** onnxruntime's thread pool; default: a thread per core, no spinning. */
+  threads?: SessionThreads | undefined;
 }
 
 export interface BatchOutput {
@@ -80,7 +84,11 @@ export class OnnxModel {
   static async load(opts: ModelOptions): Promise<OnnxModel> {
     const bytes = opts.modelPath ? await readModelFile(opts.modelPath) : buildTinyDetector();
     const metadata = safeMetadata(bytes);
-    const init: SessionInit = { modelBytes: bytes, executionProvider: opts.executionProvider };
+    const init: SessionInit = {
+      modelBytes: bytes,
+      executionProvider: opts.executionProvider,
+      threads: opts.threads ?? DEFAULT_THREADS,
+    };
     const thread = startThread(init, [bytes.buffer as ArrayBuffer]);
     const info = await waitReady(thread, opts);
 

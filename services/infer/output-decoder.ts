@@ -58,25 +58,30 @@ export function decodeYolov8(
 ): Float32Array {
   const numClasses = channels - 4;
   const base = batchIndex * channels * anchors;
-  const bestScore = new Float32Array(anchors).fill(-1);
-  const bestClass = new Int32Array(anchors);
-  const classIds = filter.allowedClassIds ?? range(numClasses);
+  // Scores are float32: compare with the threshold rounded the same way, so a score equal to it
+  // is kept. Every anchor starts just below the threshold, so the hot loop reads one score and
+  // compares it with a constant; nearly all scores are far below it and skip the rest.
+  const threshold = Math.fround(filter.confidence);
+  const floor = float32Below(threshold);
+  const bestScore = new Float32Array(anchors).fill(floor);
+  const bestClass = new Int32Array(anchors).fill(-1);
+  // In ascending order, so that of classes with equal scores the lowest id wins.
+  const classIds = filter.allowedClassIds
+    ? [...filter.allowedClassIds].sort((x, y) => x - y)
+    : range(numClasses);
   for (const c of classIds) {
     if (c < 0 || c >= numClasses) continue;
-    const row = base + (4 + c) * anchors;
-    for (let a = 0; a < anchors; a++) {
-      const s = output[row + a]!;
-      if (s > bestScore[a]!) {
-        bestScore[a] = s;
-        bestClass[a] = c;
-      }
+    const row = output.subarray(base + (4 + c) * anchors, base + (5 + c) * anchors);
+    let a = 0;
+    // Four scores per test: one branch for four anchors in the common all-below case.
+    for (; a + 3 < anchors; a += 4) {
+      if (row[a]! > floor || row[a + 1]! > floor || row[a + 2]! > floor || row[a + 3]! > floor)
+        raiseBest(row, a, a + 4, floor, c, bestScore, bestClass);
     }
+    raiseBest(row, a, anchors, floor, c, bestScore, bestClass);
   }
   const kept: number[] = [];
-  // Scores are float32: compare with the threshold rounded the same way, so a score equal to it
-  // is kept.
-  const threshold = Math.fround(filter.confidence);
-  for (let a = 0; a < anchors; a++) if (bestScore[a]! >= threshold) kept.push(a);
+  for (let a = 0; a < anchors; a++) if (bestClass[a]! >= 0) kept.push(a);
   keepTop(kept, (a) => bestScore[a]!, filter.maxCandidates);
   const out = new Float32Array(kept.length * CANDIDATE_STRIDE);
   kept.forEach((a, k) => {
@@ -287,6 +292,35 @@ function keepTop(ids: number[], score: (id: number) => number, max: number): voi
   if (ids.length <= max) return;
   ids.sort((i, j) => score(j) - score(i) || i - j);
   ids.length = max;
+}
+
+/** Makes class `c` the best of anchors `from..to` where its score is above `floor` and theirs. */
+function raiseBest(
+  row: Float32Array,
+  from: number,
+  to: number,
+  floor: number,
+  c: number,
+  bestScore: Float32Array,
+  bestClass: Int32Array,
+): void {
+  for (let k = from; k < to; k++) {
+    const s = row[k]!;
+    if (s > floor && s > bestScore[k]!) {
+      bestScore[k] = s;
+      bestClass[k] = c;
+    }
+  }
+}
+
+/** The largest float32 below `x` (a float32 itself). */
+function float32Below(x: number): number {
+  // The smallest negative float32 (a subnormal).
+  if (x === 0) return -1.401298464324817e-45;
+  const f = new Float32Array([x]);
+  const bits = new Int32Array(f.buffer);
+  bits[0]! += x > 0 ? -1 : 1;
+  return f[0]!;
 }
 
 function range(n: number): number[] {

@@ -12,7 +12,21 @@ export type ExecutionProvider = 'cpu' | 'cuda' | 'tensorrt';
 export interface SessionInit {
   modelBytes: Uint8Array;
   executionProvider: ExecutionProvider;
+  threads: SessionThreads;
 }
+
+/** onnxruntime's CPU thread pool for one session. */
+export interface SessionThreads {
+  /** Threads of one operator; 0 lets onnxruntime pick (one per core). */
+  intraOp: number;
+  /**
+   * Whether idle pool threads spin waiting for work. Spinning shaves a little latency off the
+   * next run but keeps cores busy that the other roles on the machine need.
+   */
+  allowSpinning: boolean;
+}
+
+export const DEFAULT_THREADS: Readonly<SessionThreads> = { intraOp: 0, allowSpinning: false };
 
 export type Dim = number | string;
 

@@ -34,6 +34,8 @@ try {
   session = await ort.InferenceSession.create(init.modelBytes, {
     executionProviders: PROVIDERS[init.executionProvider],
     graphOptimizationLevel: 'all',
+    ...(init.threads.intraOp > 0 ? { intraOpNumThreads: init.threads.intraOp } : {}),
+    extra: { session: { intra_op: { allow_spinning: init.threads.allowSpinning ? '1' : '0' } } },
   });
   const input = session.inputMetadata[0];
   const output = session.outputMetadata[0];

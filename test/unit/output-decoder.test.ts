@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import fc from 'fast-check';
 import assert from 'node:assert/strict';
 import {
   decodeEnd2end,
@@ -583,4 +584,45 @@ void test('hwcToNchwFloat: BGR order and a scale of 1 (YOLOX input)', () => {
   const dst = new Float32Array(6);
   hwcToNchwFloat(src, 1, 1, 2, dst, { channelOrder: 'bgr', scale: 1 });
   assert.deepEqual([...dst], [30, 60, 20, 50, 10, 40]);
+});
+
+void test('decodeYolov8 agrees with a plain per-anchor reference on random outputs', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 6 }),
+      fc.integer({ min: 1, max: 23 }),
+      // Few distinct values, so ties between classes and scores equal to the threshold occur.
+      fc.array(fc.constantFrom(0, 0.125, 0.25, 0.5, 0.75, 1), { minLength: 6 * 27 * 23 }),
+      fc.constantFrom(0, 0.125, 0.25, 0.6),
+      fc.option(fc.uniqueArray(fc.integer({ min: 0, max: 5 }), { maxLength: 4 }), { nil: null }),
+      (classes, anchors, values, confidence, allowed) => {
+        const channels = 4 + classes;
+        const output = Float32Array.from(values.slice(0, channels * anchors));
+        const f = { confidence, allowedClassIds: allowed, maxCandidates: 1000 };
+        const want: Candidate[] = [];
+        for (let a = 0; a < anchors; a++) {
+          let best = -1;
+          let cls = -1;
+          for (let c = 0; c < classes; c++) {
+            if (allowed && !allowed.includes(c)) continue;
+            const s = output[(4 + c) * anchors + a]!;
+            if (s > best) [best, cls] = [s, c];
+          }
+          if (cls >= 0 && best >= confidence) {
+            const at = (k: number) => output[k * anchors + a]!;
+            want.push({ cx: at(0), cy: at(1), w: at(2), h: at(3), score: best, classId: cls });
+          }
+        }
+        want.sort((x, y) => y.score - x.score);
+        const got = unpack(decodeYolov8(output, channels, anchors, 0, f)).sort(
+          (x, y) => y.score - x.score,
+        );
+        assert.deepEqual(
+          got.map((c) => [c.score, c.classId, c.cx]).sort(),
+          want.map((c) => [c.score, c.classId, c.cx]).sort(),
+        );
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
