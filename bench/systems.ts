@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { freePort, startRedisServer, stopProcess } from '../services/supervisor/processes.js';
@@ -104,7 +105,8 @@ export interface PipelineOptions {
 export async function startPipeline(wl: Workload, opts: PipelineOptions): Promise<SystemUnderTest> {
   const redisServer = await startRedisServer();
   const port = await freePort();
-  const metricsBase = await freePort();
+  // The supervisor gives the roles consecutive metrics ports from this one.
+  const metricsBase = await freePortRange(2 + opts.preProcesses + opts.postProcesses);
   const env: NodeJS.ProcessEnv = {
     ...modelEnv(wl),
     REDIS_URL: redisServer.url,
@@ -169,4 +171,26 @@ export async function redisNetBytes(redis: Redis): Promise<RedisBytes> {
   const info = await redis.info('stats');
   const field = (name: string) => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? 0);
   return { input: field('total_net_input_bytes'), output: field('total_net_output_bytes') };
+}
+
+/**
+ * The first of `count` consecutive free ports, below the ephemeral range (32768 and up on
+ * Linux), where client sockets of the load itself could take one between the check and the
+ * listen.
+ */
+async function freePortRange(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 10_000);
+    const ports = Array.from({ length: count }, (_, i) => base + i);
+    if ((await Promise.all(ports.map(canListen))).every(Boolean)) return base;
+  }
+  throw new Error(`no ${count} consecutive free ports between 20000 and 30000`);
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
 }
