@@ -100,22 +100,7 @@ const modelIdBody = {
 const modelsSchema = {
   type: 'object',
   required: ['models'],
-  properties: {
-    models: {
-      type: 'array',
-      items: {
-        type: 'object',
-        required: ['model_id', 'task_type', 'batch_size', 'input_height', 'input_width'],
-        properties: {
-          model_id: { type: 'string' },
-          task_type: { type: 'string' },
-          batch_size: { type: 'integer' },
-          input_height: { type: 'integer' },
-          input_width: { type: 'integer' },
-        },
-      },
-    },
-  },
+  properties: { models: { type: 'array', items: modelEntry } },
 } as const;
 
 const errors = (...statuses: number[]) => Object.fromEntries(statuses.map((s) => [s, errorSchema]));

@@ -1,3 +1,5 @@
+import type { DetectionResponse, Prediction } from '../../../shared/contracts.js';
+import type { ErrorBody } from '../../../shared/errors.js';
 import { boxColour } from '../../../shared/palette.js';
 
 /**
@@ -5,26 +7,6 @@ import { boxColour } from '../../../shared/palette.js';
  * the predictions drawn over it, the JSON response, and the time each stage took (from the
  * response's Server-Timing header). It calls the public API only, as any client would.
  */
-interface Prediction {
-  x: number;
-  y: number;
-  width: number;
-  height: number;
-  confidence: number;
-  class: string;
-  class_id: number;
-}
-
-interface DetectionResponse {
-  image: { width: number; height: number };
-  predictions: Prediction[];
-}
-
-interface ErrorBody {
-  code: string;
-  message: string;
-}
-
 function element<T extends HTMLElement>(id: string): T {
   const el = document.getElementById(id);
   if (!el) throw new Error(`#${id} is missing from the page`);
