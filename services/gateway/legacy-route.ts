@@ -54,8 +54,7 @@ export async function registerLegacyRoute(
           body,
         );
         const response = await deps.detectOne(req, reply, parsed);
-        if (format === 'json') return response;
-        if (format === 'image_and_json') return response;
+        if (format !== 'image') return response;
         if (response.visualization === undefined)
           throw new PipelineError(ErrorCode.INTERNAL, 'the visualization is missing');
         void reply.header('content-type', 'image/jpeg');
