@@ -80,11 +80,6 @@ export class BatchScheduler<I, O> {
     return n;
   }
 
-  /** Images waiting in one lane. */
-  waitingIn(laneId: string): number {
-    return this.lanes.get(laneId)?.queue.length ?? 0;
-  }
-
   /** Stops taking items; waiting items are rejected, a running batch finishes. Idempotent. */
   close(): void {
     this.closed = true;

@@ -81,6 +81,7 @@ export class ModelPool {
           {
             model: spec.id,
             layout: model.description.layout,
+            layoutFrom: model.layoutSource,
             input: [model.description.input_width, model.description.input_height],
             provider: model.description.execution_provider,
             batch: model.fixedBatch ?? 'dynamic',
