@@ -56,6 +56,10 @@ const EnvSchema = z.object({
   /** Let onnxruntime's idle threads spin for the next run (keeps cores busy). */
   ORT_ALLOW_SPINNING: z.stringbool().default(false),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
+  /** A request's headers and body must arrive within this; else 408 REQUEST_TIMEOUT. */
+  REQUEST_BODY_TIMEOUT_MS: int(30_000, 1000, 3_600_000),
+  /** Fraction of Redis's maxmemory above which the gateway refuses new requests (STORE_FULL). */
+  REDIS_MEMORY_HIGH_WATER: z.coerce.number().gt(0).max(1).default(0.9),
   /**
    * How long a worker's claim on a job lasts without renewal. A job whose worker died is taken
    * up again between this and 1.5× this later, well within the request deadline.
@@ -105,6 +109,8 @@ export interface Config {
     metricsRequireKey: boolean;
     maxInflight: number;
     maxQueueDepth: number;
+    requestBodyTimeoutMs: number;
+    redisMemoryHighWater: number;
     queueDashboard: 'off' | 'readonly' | 'full';
   };
   metricsPort: number;
@@ -200,6 +206,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       metricsRequireKey: e.METRICS_REQUIRE_KEY,
       maxInflight: e.MAX_INFLIGHT,
       maxQueueDepth: e.MAX_QUEUE_DEPTH,
+      requestBodyTimeoutMs: e.REQUEST_BODY_TIMEOUT_MS,
+      redisMemoryHighWater: e.REDIS_MEMORY_HIGH_WATER,
       queueDashboard: e.QUEUE_DASHBOARD,
     },
     metricsPort: e.METRICS_PORT,

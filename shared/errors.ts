@@ -19,6 +19,8 @@ export const ErrorCode = {
   DEADLINE_EXCEEDED: 'DEADLINE_EXCEEDED',
   NOT_READY: 'NOT_READY',
   OVERLOADED: 'OVERLOADED',
+  STORE_FULL: 'STORE_FULL',
+  REQUEST_TIMEOUT: 'REQUEST_TIMEOUT',
   CLIENT_CLOSED: 'CLIENT_CLOSED',
   NOT_FOUND: 'NOT_FOUND',
   INTERNAL: 'INTERNAL',
@@ -42,6 +44,10 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   DEADLINE_EXCEEDED: 504,
   NOT_READY: 503,
   OVERLOADED: 429,
+  // Redis is at its memory limit: an overload of the store, not a fault of the request.
+  STORE_FULL: 503,
+  // The request's headers or body did not arrive within REQUEST_BODY_TIMEOUT_MS.
+  REQUEST_TIMEOUT: 408,
   // nginx's status for a request the client closed; the client never sees it.
   CLIENT_CLOSED: 499,
   NOT_FOUND: 404,
@@ -89,9 +95,40 @@ export interface ErrorBody {
   message: string;
 }
 
-/** Any thrown value as an ErrorBody; unknown errors become INTERNAL with their message. */
+/**
+ * Codes that tell the client to come back later: answered with a `Retry-After` header (in
+ * seconds, RETRY_AFTER_SECONDS).
+ */
+export const RETRY_LATER: ReadonlySet<ErrorCode> = new Set([
+  ErrorCode.NOT_READY,
+  ErrorCode.OVERLOADED,
+  ErrorCode.STORE_FULL,
+]);
+export const RETRY_AFTER_SECONDS = 1;
+
+/**
+ * Any thrown value as an ErrorBody. Redis's own failures keep their meaning: a store at its
+ * `maxmemory` (an `OOM` reply) is STORE_FULL, an unreachable one NOT_READY; anything else
+ * unknown becomes INTERNAL with its message.
+ */
 export function toErrorBody(err: unknown): ErrorBody {
   if (err instanceof PipelineError) return { code: err.code, message: err.message };
   const message = err instanceof Error ? err.message : String(err);
+  if (isStoreFull(message))
+    return { code: ErrorCode.STORE_FULL, message: 'Redis is out of memory; retry later' };
+  if (isRedisUnavailable(message))
+    return { code: ErrorCode.NOT_READY, message: 'Redis is not reachable; retry later' };
   return { code: ErrorCode.INTERNAL, message };
+}
+
+/** True for Redis's refusal of writes at `maxmemory` with the `noeviction` policy. */
+export function isStoreFull(message: string): boolean {
+  return /\bOOM\b.*maxmemory/i.test(message);
+}
+
+/** True for ioredis's errors about a connection that is down or gave up. */
+export function isRedisUnavailable(message: string): boolean {
+  return /Connection is closed|MaxRetriesPerRequest|ECONNREFUSED|ECONNRESET|Stream isn't writeable|LOADING/i.test(
+    message,
+  );
 }

@@ -11,33 +11,48 @@ export const HEARTBEAT_INTERVAL_MS = 1000;
 export const HEARTBEAT_TTL_MS = 5000;
 
 export interface Heartbeat {
+  /** Publishes the payload now, outside the regular beat (after it changed). */
+  beat(): Promise<void>;
+  /** Stops beating and removes the key. Idempotent. */
   close(): Promise<void>;
 }
 
-/** Starts refreshing `alive:<role>:<instanceId>` (with `payload` as its value) until closed. */
+/**
+ * Starts refreshing `alive:<role>:<instanceId>` every HEARTBEAT_INTERVAL_MS with a TTL of
+ * HEARTBEAT_TTL_MS until closed. The value is `payload()` at each beat, so state published this
+ * way (the inference process's model descriptions) lives exactly as long as the instance, and
+ * is published again by itself after Redis restarted empty.
+ *
+ * @param payload the key's value at each beat; default `'1'`
+ * @param onError called with a beat's error (the next beat tries again)
+ */
 export async function startHeartbeat(
   redis: Redis,
   keys: Keys,
   role: string,
   instanceId: string,
-  payload = '1',
+  payload: () => string = () => '1',
   onError: (err: unknown) => void = () => {},
-  /** Also run at every beat: state this instance keeps published (it survives a Redis restart). */
-  everyBeat: () => Promise<unknown> = () => Promise.resolve(),
 ): Promise<Heartbeat> {
   const key = keys.alive(role, instanceId);
+  let closed = false;
   const beat = async () => {
+    if (closed) return;
     await execMulti(
-      redis.multi().set(key, payload, 'PX', HEARTBEAT_TTL_MS).sadd(keys.aliveSet(role), instanceId),
+      redis
+        .multi()
+        .set(key, payload(), 'PX', HEARTBEAT_TTL_MS)
+        .sadd(keys.aliveSet(role), instanceId),
     );
-    await everyBeat();
   };
   await beat();
   const timer = setInterval(() => void beat().catch(onError), HEARTBEAT_INTERVAL_MS);
   let closing: Promise<void> | undefined;
   return {
+    beat,
     close() {
       closing ??= (async () => {
+        closed = true;
         clearInterval(timer);
         try {
           await redis.multi().del(key).srem(keys.aliveSet(role), instanceId).exec();
@@ -50,7 +65,10 @@ export async function startHeartbeat(
   };
 }
 
-/** Live instances of a role with their payloads; forgets instances whose key has expired. */
+/**
+ * Live instances of a role with their payloads (instance id → value); forgets instances whose
+ * key has expired.
+ */
 export async function listAlive(
   redis: Redis,
   keys: Keys,

@@ -34,14 +34,14 @@ export class Keys {
     return [this.image(id), this.fetchedImage(id), this.pixels(id), this.candidates(id)];
   }
 
+  /** BullMQ's hash of the job of image `id` in `queue` (the job id is the inference id). */
+  job(queue: string, id: string): string {
+    return `${this.prefix}:${queue}:${id}`;
+  }
+
   /** The list a gateway instance pops its finished requests from. */
   replies(gatewayId: string): string {
     return `${this.prefix}:reply:${gatewayId}`;
-  }
-
-  /** Hash of model id → ModelDescription JSON, written by the inference process at startup. */
-  models(): string {
-    return `${this.prefix}:models`;
   }
 
   /** Pub/sub channel of model commands (load, unload, clear) from the gateway to `infer`. */

@@ -1,32 +1,41 @@
 import type { Redis } from 'ioredis';
 import type { ModelDescription } from './contracts.js';
+import { ErrorCode, PipelineError } from './errors.js';
+import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, listAlive } from './heartbeat.js';
 import type { Keys } from './keys.js';
+import { sleep } from './deadline.js';
 
 /**
- * Where the roles learn which models are served and how (input size, class names). The
- * inference process publishes each model's description when it loads it; the description stays
- * while the process restarts, so `pre` and `post` keep working across an inference restart.
- * Readers cache descriptions briefly: they are read for every image.
+ * Where the roles learn which models are served and how (input size, class names). Each
+ * inference process publishes the descriptions of its models as the value of its heartbeat
+ * (`alive:infer:<instance>`, see heartbeat.ts), so a description lives exactly as long as a
+ * live inference process publishes it: a process that stops takes its models with it, one that
+ * dies loses them when its heartbeat expires (HEARTBEAT_TTL_MS), and after Redis restarted
+ * empty they are back with the next beat. Readers cache the directory briefly: it is read for
+ * every image.
  */
-export async function publishModel(
-  redis: Redis,
-  keys: Keys,
-  desc: ModelDescription,
-): Promise<void> {
-  await redis.hset(keys.models(), desc.model_id, JSON.stringify(desc));
+export const INFER_ROLE = 'infer';
+
+/** The heartbeat value of an inference process: its models' descriptions. */
+export function modelsPayload(descriptions: readonly ModelDescription[]): string {
+  return JSON.stringify(descriptions);
 }
 
 export class ModelDirectory {
   private cache: { at: number; models: Map<string, ModelDescription> } | undefined;
   private loading: Promise<Map<string, ModelDescription>> | undefined;
 
+  /**
+   * @param maxAgeMs how old a cached directory may be before it is read again
+   * @defaultValue maxAgeMs 1000
+   */
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
     private readonly maxAgeMs = 1000,
   ) {}
 
-  /** Every published model, from a cache no older than maxAgeMs. */
+  /** Every served model (model id → description), from a cache no older than maxAgeMs. */
   async all(): Promise<Map<string, ModelDescription>> {
     if (this.cache && Date.now() - this.cache.at < this.maxAgeMs) return this.cache.models;
     this.loading ??= this.load().finally(() => {
@@ -35,7 +44,7 @@ export class ModelDirectory {
     return this.loading;
   }
 
-  /** Every published model, read from Redis now. */
+  /** Every served model, read from Redis now. */
   async fresh(): Promise<Map<string, ModelDescription>> {
     this.cache = undefined;
     return this.all();
@@ -49,12 +58,49 @@ export class ModelDirectory {
     return (await this.all()).get(modelId);
   }
 
+  /**
+   * The description of a model a request was accepted for. The gateway saw the model served;
+   * if it is missing now, an inference process is restarting or Redis restarted empty, which a
+   * beat or two repairs: this waits for it until `until` (epoch ms), at most HEARTBEAT_TTL_MS.
+   *
+   * @throws PipelineError NOT_READY (retryable) when no live inference process publishes it
+   */
+  async require(modelId: string, until: number): Promise<ModelDescription> {
+    const stop = Math.min(until, Date.now() + HEARTBEAT_TTL_MS);
+    for (;;) {
+      const desc = await this.get(modelId);
+      if (desc) return desc;
+      if (Date.now() >= stop) {
+        throw new PipelineError(
+          ErrorCode.NOT_READY,
+          `model '${modelId}' is not published by any live inference process at the moment; retry later`,
+        );
+      }
+      await sleep(Math.min(HEARTBEAT_INTERVAL_MS / 4, Math.max(1, stop - Date.now())));
+    }
+  }
+
   private async load(): Promise<Map<string, ModelDescription>> {
-    const raw = await this.redis.hgetall(this.keys.models());
+    const alive = await listAlive(this.redis, this.keys, INFER_ROLE);
     const models = new Map<string, ModelDescription>();
-    for (const [id, json] of Object.entries(raw))
-      models.set(id, JSON.parse(json) as ModelDescription);
+    for (const payload of alive.values()) {
+      for (const desc of parseDescriptions(payload)) {
+        // Two inference processes serving one model: a loaded copy wins for `loaded`.
+        const seen = models.get(desc.model_id);
+        if (!seen || (!seen.loaded && desc.loaded)) models.set(desc.model_id, desc);
+      }
+    }
     this.cache = { at: Date.now(), models };
     return models;
+  }
+}
+
+/** An inference heartbeat's descriptions; a value of another shape publishes nothing. */
+function parseDescriptions(payload: string): ModelDescription[] {
+  try {
+    const parsed: unknown = JSON.parse(payload);
+    return Array.isArray(parsed) ? (parsed as ModelDescription[]) : [];
+  } catch {
+    return [];
   }
 }

@@ -29,12 +29,43 @@ export async function closeRedis(redis: Redis): Promise<void> {
   }
 }
 
-/** Runs a MULTI and throws the first per-command error, which ioredis only reports in results. */
+/**
+ * Runs a MULTI and throws the first per-command error, which ioredis only reports in results
+ * (or, for a transaction Redis refused as a whole, in the EXECABORT error's `previousErrors`:
+ * an `OOM` there is what tells a full Redis).
+ */
 export async function execMulti(multi: ReturnType<Redis['multi']>): Promise<unknown[]> {
-  const results = await multi.exec();
+  const results = await multi.exec().catch((err: unknown) => {
+    const first = (err as { previousErrors?: unknown[] }).previousErrors?.[0];
+    throw first instanceof Error ? first : err;
+  });
   if (results === null) throw new Error('Redis transaction was aborted');
   return results.map(([err, value]) => {
     if (err) throw err;
     return value;
   });
+}
+
+/**
+ * Calls `onRestart(readyAt)` when the connection comes back to a Redis that restarted (its
+ * `run_id` changed): whatever was not persisted is gone. `readyAt` is the epoch ms of the
+ * reconnection. Reads errors of INFO into `onError`.
+ */
+export function watchRestarts(
+  redis: Redis,
+  onRestart: (readyAt: number) => void,
+  onError: (err: unknown) => void,
+): void {
+  let runId: string | undefined;
+  const check = () => {
+    const readyAt = Date.now();
+    redis.info('server').then((info) => {
+      const current = /^run_id:(\w+)/m.exec(info)?.[1];
+      if (current === undefined) return;
+      if (runId !== undefined && runId !== current) onRestart(readyAt);
+      runId = current;
+    }, onError);
+  };
+  redis.on('ready', check);
+  if (redis.status === 'ready') check();
 }

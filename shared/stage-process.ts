@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { loadConfigOrExit, type Config } from './config.js';
 import type { QueueName } from './contracts.js';
-import { startHeartbeat } from './heartbeat.js';
+import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 import { Keys } from './keys.js';
 import { closeInOrder, exitOnStartupError, handleShutdown, once } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
@@ -26,15 +26,15 @@ export interface StageContext {
   client: Redis;
   /** The process's metrics registry, served on METRICS_PORT. */
   registry: Registry;
+  /** Publishes the heartbeat's payload now (after it changed); a no-op before the first beat. */
+  beatNow: () => Promise<void>;
 }
 
 export interface StageDefinition<Q extends QueueName> {
   concurrency: number;
   process: StageWorkerOptions<Q>['process'];
-  /** Value of the heartbeat key (default '1'). */
-  heartbeatPayload?: string;
-  /** Run with every heartbeat (each second), to keep state published in Redis. */
-  everyBeat?: () => Promise<unknown>;
+  /** Value of the heartbeat key at each beat (default '1'). */
+  heartbeatPayload?: () => string;
   /** Cleanup steps run after the worker has finished its active jobs, before Redis closes. */
   close?: Array<[string, () => Promise<unknown>]>;
 }
@@ -56,7 +56,10 @@ export function runStage<Q extends QueueName>(
       'worker',
     );
     const registry = createRegistry(queue);
-    const stage = await setup({ config, log, keys, instanceId, client, registry });
+    // A no-op until the heartbeat starts (setup runs before it).
+    let beat: Heartbeat['beat'] = () => Promise.resolve();
+    const beatNow = () => beat();
+    const stage = await setup({ config, log, keys, instanceId, client, registry, beatNow });
     const ownQueue = createQueue(queue, client, keys.prefix);
     registerQueueGauge(registry, [ownQueue]);
     const metricsServer = await serveMetrics(
@@ -84,16 +87,17 @@ export function runStage<Q extends QueueName>(
       instanceId,
       stage.heartbeatPayload,
       (err) => log.warn({ err }, 'heartbeat failed'),
-      stage.everyBeat,
     );
+    beat = () => heartbeat.beat();
     log.info({ concurrency: stage.concurrency }, `${queue} worker ready`);
     handleShutdown(
       log,
       once(() =>
         closeInOrder(log, [
           ['heartbeat', () => heartbeat.close()],
-          // Stops taking jobs and waits for the active ones.
-          ['worker', () => worker.close()],
+          // Stops taking jobs and waits for the active ones, unless Redis is gone: then they
+          // cannot finish anyway, and other workers take them up once Redis is back.
+          ['worker', () => worker.close(client.status !== 'ready')],
           ...(stage.close ?? []),
           ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
           ['queue', () => ownQueue.close()],

@@ -1,59 +1,77 @@
-import type { Queue } from 'bullmq';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logger.js';
+import type { StoreState } from './store-monitor.js';
 
 /**
- * Admission control: a gateway holds at most `maxInflight` inference requests, and takes none
- * while the `pre` queue's backlog is at `maxQueueDepth` or more. Refusal is immediate and
- * cheap (before the body is read), so memory stays bounded whatever the request rate. The
- * backlog is read from Redis every REFRESH_MS in the background (one command per gateway
- * process, whatever the request rate); a request never waits for it.
+ * Admission control, decided before a request's body is read so that refusing costs nothing
+ * and memory stays bounded whatever the request rate. A request is refused when
+ * - this gateway process already holds `maxInflight` requests (429 OVERLOADED);
+ * - Redis does not answer (503 NOT_READY): work accepted now could not be stored;
+ * - Redis's memory would pass `memoryHighWater` × `maxmemory` with this request's body
+ *   (503 STORE_FULL): refusing new work early keeps the room for work already accepted;
+ * - the `pre` backlog is at `maxQueueDepth` or more (429 OVERLOADED).
+ * The Redis figures come from the StoreMonitor's background reads.
  */
-const REFRESH_MS = 200;
+export interface AdmissionLimits {
+  maxInflight: number;
+  maxQueueDepth: number;
+  /** Fraction of Redis's `maxmemory` above which new requests are refused (0–1). */
+  memoryHighWater: number;
+}
 
 export class Admission {
   private inflight = 0;
-  private backlog = 0;
-  private readonly timer: NodeJS.Timeout;
+  /** Body bytes admitted since the store was last read, not yet in its used memory. */
+  private admittedBytes = 0;
+  private lastReadAt = 0;
 
   constructor(
-    private readonly maxInflight: number,
-    private readonly maxQueueDepth: number,
-    preQueue: Queue,
-    log: Logger,
-  ) {
-    let reading = false;
-    this.timer = setInterval(() => {
-      if (reading) return;
-      reading = true;
-      preQueue
-        .getWaitingCount()
-        .then((n) => {
-          this.backlog = n;
-        })
-        .catch((err: unknown) => log.warn({ err }, 'could not read the pre queue backlog'))
-        .finally(() => {
-          reading = false;
-        });
-    }, REFRESH_MS);
-    this.timer.unref();
+    private readonly limits: AdmissionLimits,
+    private readonly store: () => StoreState,
+  ) {}
+
+  /** Requests admitted and not yet released. */
+  get held(): number {
+    return this.inflight;
   }
 
-  /** Takes a slot, or throws OVERLOADED. The returned release is safe to call more than once. */
-  admit(): () => void {
-    if (this.inflight >= this.maxInflight) {
+  /**
+   * Takes a slot for a request whose body is `bodyBytes` long (its Content-Length; 0 when
+   * unknown), or throws.
+   *
+   * @returns the release, safe to call more than once
+   * @throws PipelineError OVERLOADED, NOT_READY or STORE_FULL (see the class comment)
+   */
+  admit(bodyBytes: number): () => void {
+    const { maxInflight, maxQueueDepth, memoryHighWater } = this.limits;
+    if (this.inflight >= maxInflight) {
       throw new PipelineError(
         ErrorCode.OVERLOADED,
-        `the gateway is at its limit of ${this.maxInflight} requests in flight; retry later`,
+        `the gateway is at its limit of ${maxInflight} requests in flight; retry later`,
       );
     }
-    if (this.backlog >= this.maxQueueDepth) {
+    const state = this.store();
+    if (state.readAt !== this.lastReadAt) {
+      this.lastReadAt = state.readAt;
+      this.admittedBytes = 0;
+    }
+    if (!state.reachable) {
+      throw new PipelineError(ErrorCode.NOT_READY, 'Redis does not answer; retry later');
+    }
+    const needed = state.usedMemory + this.admittedBytes + bodyBytes;
+    if (state.maxMemory > 0 && needed > memoryHighWater * state.maxMemory) {
+      throw new PipelineError(
+        ErrorCode.STORE_FULL,
+        `Redis is near its memory limit (${mib(state.usedMemory)} of ${mib(state.maxMemory)} used); retry later`,
+      );
+    }
+    if (state.backlog >= maxQueueDepth) {
       throw new PipelineError(
         ErrorCode.OVERLOADED,
-        `${this.backlog} images are already waiting to be processed; retry later`,
+        `${state.backlog} images are already waiting to be processed; retry later`,
       );
     }
     this.inflight++;
+    this.admittedBytes += bodyBytes;
     let released = false;
     return () => {
       if (released) return;
@@ -61,9 +79,8 @@ export class Admission {
       this.inflight--;
     };
   }
+}
 
-  /** Stops reading the backlog. */
-  close(): void {
-    clearInterval(this.timer);
-  }
+function mib(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }

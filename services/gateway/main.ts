@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import type { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
@@ -8,7 +9,7 @@ import { createLogger, type Logger } from '../../shared/logger.js';
 import { createRegistry, registerQueueGauge } from '../../shared/metrics.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue } from '../../shared/queues.js';
-import { closeRedis, createRedis } from '../../shared/redis.js';
+import { closeRedis, createRedis, watchRestarts } from '../../shared/redis.js';
 import { GatewayMetrics } from './metrics.js';
 import { ResultWaiter } from './result-waiter.js';
 import { buildServer } from './server.js';
@@ -35,6 +36,21 @@ async function serve(config: Config, log: Logger): Promise<void> {
   const preQueue = createQueue(QueueName.pre, redis, keys.prefix);
   const waiter = new ResultWaiter(replies, keys.replies(gatewayId), log);
   waiter.start();
+  // Redis that restarted empty lost the jobs of the requests waiting here: answer them now.
+  watchRestarts(
+    redis,
+    (readyAt) => {
+      void waiter
+        .failLost(readyAt, (ids) => holdsWork(redis, keys, ids))
+        .then((n) =>
+          log.warn({ lost: n }, 'Redis restarted; requests whose work it lost were answered'),
+        )
+        .catch((err: unknown) =>
+          log.warn({ err }, 'could not check for lost work after a Redis restart'),
+        );
+    },
+    (err) => log.debug({ err }, 'reading the Redis run id failed'),
+  );
   // The gateway also reports the depth of every queue; the worker roles report only their own.
   const inferQueue = createQueue(QueueName.infer, redis, keys.prefix);
   const postQueue = createQueue(QueueName.post, redis, keys.prefix);
@@ -69,6 +85,17 @@ async function serve(config: Config, log: Logger): Promise<void> {
     ),
     config.drainTimeoutMs,
   );
+}
+
+/** For each inference id, whether Redis still holds a job or data of its image. */
+async function holdsWork(redis: Redis, keys: Keys, ids: string[]): Promise<boolean[]> {
+  const pipeline = redis.pipeline();
+  for (const id of ids) {
+    const jobKeys = Object.values(QueueName).map((q) => keys.job(q, id));
+    pipeline.exists(...jobKeys, ...keys.requestData(id));
+  }
+  const results = (await pipeline.exec()) ?? [];
+  return results.map(([err, n]) => err !== null || Number(n) > 0);
 }
 
 function runPrimary(count: number, log: Logger): void {

@@ -19,6 +19,8 @@ interface PendingWait {
   resolve: (r: ImageResult) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
+  /** Epoch ms when the wait was registered. */
+  since: number;
 }
 
 const DRAIN_BATCH = 256;
@@ -54,8 +56,36 @@ export class ResultWaiter {
         },
         Math.max(0, deadline - Date.now()),
       );
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, timer, since: Date.now() });
     });
+  }
+
+  /**
+   * Ends at once, with a retryable NOT_READY, the waits registered before `before` (epoch ms)
+   * whose work Redis no longer holds: after Redis restarted empty their jobs are gone and no
+   * result can come. `holds` tells, for a list of inference ids, which still have work in Redis.
+   *
+   * @returns how many waits were ended
+   */
+  async failLost(before: number, holds: (ids: string[]) => Promise<boolean[]>): Promise<number> {
+    const ids = [...this.pending].filter(([, w]) => w.since < before).map(([id]) => id);
+    if (ids.length === 0) return 0;
+    const present = await holds(ids);
+    let ended = 0;
+    ids.forEach((id, i) => {
+      const w = this.pending.get(id);
+      if (!w || present[i]) return;
+      clearTimeout(w.timer);
+      this.pending.delete(id);
+      w.reject(
+        new PipelineError(
+          ErrorCode.NOT_READY,
+          'Redis restarted and lost the work of this request; send it again',
+        ),
+      );
+      ended++;
+    });
+    return ended;
   }
 
   /** Forgets a wait whose result nobody needs any more. */

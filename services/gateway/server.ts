@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import multipart from '@fastify/multipart';
 import Fastify, {
   LogController,
@@ -12,7 +14,16 @@ import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
 import type { ModelDescription, PreJob } from '../../shared/contracts.js';
-import { ErrorCode, HTTP_STATUS, PipelineError, type ErrorBody } from '../../shared/errors.js';
+import { withDeadline, withTimeout } from '../../shared/deadline.js';
+import {
+  ErrorCode,
+  HTTP_STATUS,
+  PipelineError,
+  RETRY_AFTER_SECONDS,
+  RETRY_LATER,
+  toErrorBody,
+  type ErrorBody,
+} from '../../shared/errors.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import type { Keys } from '../../shared/keys.js';
 import type { Logger } from '../../shared/logger.js';
@@ -21,6 +32,7 @@ import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
 import { Admission } from './admission.js';
+import { StoreMonitor } from './store-monitor.js';
 import { ApiKeys } from './auth.js';
 import { registerDashboard } from './dashboard.js';
 import { registerDemoPage } from './demo-page.js';
@@ -57,9 +69,21 @@ export async function buildServer(deps: GatewayDeps) {
   const inferenceIds = new WeakMap<FastifyRequest, string[]>();
   // Typed as fastify's base logger so the instance has fastify's default type (for plugins).
   const logger: FastifyBaseLogger = deps.log;
+  const bodyTimeoutMs = config.gateway.requestBodyTimeoutMs;
   const app = Fastify({
     loggerInstance: logger,
     bodyLimit: config.gateway.maxBodyBytes,
+    // A request's headers and body must arrive within REQUEST_BODY_TIMEOUT_MS (the headers
+    // alone within 10 s at most): a client that trickles them cannot hold a slot for longer.
+    // Node checks the open requests every second.
+    requestTimeout: bodyTimeoutMs,
+    http: {
+      headersTimeout: Math.min(HEADERS_TIMEOUT_MS, bodyTimeoutMs),
+      connectionsCheckingInterval: 1000,
+    },
+    clientErrorHandler: clientError,
+    // Requests that arrive while draining get this API's 503 (the onRequest hook below).
+    return503OnClosing: false,
     // One line per request is logged by the onResponse hook below, with its inference ids.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
@@ -84,12 +108,26 @@ export async function buildServer(deps: GatewayDeps) {
   );
 
   const { metrics } = deps;
-  app.addHook('onRequest', (req, _reply, done) => {
+  // When each request arrived: its deadline runs from here, whatever it waits for after.
+  const arrivals = new WeakMap<FastifyRequest, number>();
+  let draining = false;
+  app.addHook('preClose', (done) => {
+    draining = true;
+    done();
+  });
+  app.addHook('onRequest', (req, reply, done) => {
+    arrivals.set(req, Date.now());
     metrics.inFlight.inc();
+    // 'close' comes for every response, answered or aborted, exactly once.
+    reply.raw.once('close', () => metrics.inFlight.dec());
+    if (draining) {
+      void reply.header('connection', 'close');
+      done(new PipelineError(ErrorCode.NOT_READY, 'the gateway is shutting down; retry'));
+      return;
+    }
     done();
   });
   app.addHook('onResponse', (req, reply, done) => {
-    metrics.inFlight.dec();
     const labels = {
       route: req.routeOptions.url ?? 'unmatched',
       method: req.method,
@@ -108,9 +146,11 @@ export async function buildServer(deps: GatewayDeps) {
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const body = toHttpError(err);
     metrics.errors.inc({ code: body.code });
-    if (body.code === ErrorCode.OVERLOADED) void reply.header('retry-after', '1');
+    if (RETRY_LATER.has(body.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
     const status = HTTP_STATUS[body.code];
-    if (status >= 500) req.log.error({ err }, 'request failed');
+    if (status >= 500 && !RETRY_LATER.has(body.code)) req.log.error({ err }, 'request failed');
+    else if (status >= 500)
+      req.log.warn({ code: body.code, message: body.message }, 'request refused');
     void reply.status(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -119,20 +159,24 @@ export async function buildServer(deps: GatewayDeps) {
       .send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
   });
 
+  const store = new StoreMonitor(redis, deps.preQueue, deps.log);
   const admission = new Admission(
-    config.gateway.maxInflight,
-    config.gateway.maxQueueDepth,
-    deps.preQueue,
-    deps.log,
+    {
+      maxInflight: config.gateway.maxInflight,
+      maxQueueDepth: config.gateway.maxQueueDepth,
+      memoryHighWater: config.gateway.redisMemoryHighWater,
+    },
+    () => store.current,
   );
   app.addHook('onClose', (_app, done) => {
-    admission.close();
+    store.close();
     done();
   });
   // Before the body is read: an overloaded gateway refuses without touching the image.
-  const admit = (_req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
+  const admit = (req: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
     try {
-      reply.raw.once('close', admission.admit());
+      const length = Number(req.headers['content-length'] ?? 0);
+      reply.raw.once('close', admission.admit(Number.isFinite(length) ? length : 0));
       done();
     } catch (err) {
       done(err as Error);
@@ -148,20 +192,31 @@ export async function buildServer(deps: GatewayDeps) {
         "image URLs are turned off on this server: send the image's bytes",
       );
     }
-    const modelId = resolveModelId(parsed.modelId, await models.all());
+    // The deadline runs from the request's arrival; a request may shorten it, not lengthen it.
+    const receivedAt = arrivals.get(req) ?? Date.now();
+    const deadline = receivedAt + Math.min(config.requestTimeoutMs, parsed.timeoutMs ?? Infinity);
+    const late = () =>
+      new PipelineError(
+        ErrorCode.DEADLINE_EXCEEDED,
+        'no result arrived before the request deadline',
+      );
+    const modelId = resolveModelId(
+      parsed.modelId,
+      await withDeadline(models.all(), deadline, late),
+    );
     metrics.imagesPerRequest.observe(parsed.images.length);
     // A client that goes away stops the work still ahead for its images.
     const abandoned = new AbortController();
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished) abandoned.abort();
     });
-    return runPipeline(
-      deps,
-      parsed,
+    return runPipeline(deps, parsed, {
       modelId,
-      (ids) => inferenceIds.set(req, ids),
-      abandoned.signal,
-    );
+      receivedAt,
+      deadline,
+      onIds: (ids) => inferenceIds.set(req, ids),
+      abandoned: abandoned.signal,
+    });
   };
   /** The response of a one-image request, with its stage times in `Server-Timing`. */
   const detectOne = async (req: FastifyRequest, reply: FastifyReply, parsed: ParsedRequest) => {
@@ -194,10 +249,15 @@ export async function buildServer(deps: GatewayDeps) {
   app.get('/healthz', () => ({ status: 'ok' }));
 
   app.get('/readyz', async (_req, reply) => {
-    const missing = await notReadyReasons(redis, keys);
+    const missing = await withTimeout(
+      notReadyReasons(redis, keys),
+      READY_TIMEOUT_MS,
+      () => new Error('Redis did not answer'),
+    ).catch(() => [`Redis did not answer within ${READY_TIMEOUT_MS} ms`]);
     if (missing.length > 0) {
       return reply
         .status(503)
+        .header('retry-after', String(RETRY_AFTER_SECONDS))
         .send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
     }
     return { status: 'ready' };
@@ -230,6 +290,9 @@ function resolveModelId(
   requested: string | undefined,
   served: Map<string, ModelDescription>,
 ): string {
+  // No live inference process publishes a model: it is starting, restarting, or Redis is.
+  if (served.size === 0)
+    throw new PipelineError(ErrorCode.NOT_READY, 'no inference process serves a model yet; retry');
   if (requested !== undefined) {
     if (served.has(requested)) return requested;
     throw new PipelineError(
@@ -239,25 +302,37 @@ function resolveModelId(
   }
   const ids = [...served.keys()];
   if (ids.length === 1) return ids[0]!;
-  if (ids.length === 0) throw new PipelineError(ErrorCode.NOT_READY, 'no model is loaded yet');
   throw new PipelineError(
     ErrorCode.INVALID_REQUEST,
     `model_id is required; served: ${ids.join(', ')}`,
   );
 }
 
-/** Stores the images, enqueues one `pre` job each and waits for every result, in order. */
+interface PipelineRun {
+  modelId: string;
+  /** Epoch ms when the request arrived. */
+  receivedAt: number;
+  /** Epoch ms by which the request is answered, whatever Redis and the stages do. */
+  deadline: number;
+  onIds: (ids: string[]) => void;
+  /** Aborted when the client goes away. */
+  abandoned: AbortSignal;
+}
+
+/**
+ * Stores the images, enqueues one `pre` job each and waits for every result, in order. Ends by
+ * `run.deadline` in every case: a Redis command still pending then is left behind.
+ *
+ * @throws PipelineError DEADLINE_EXCEEDED at the deadline, CLIENT_CLOSED when the client left,
+ *   or the first image's error
+ */
 async function runPipeline(
   deps: GatewayDeps,
   parsed: ParsedRequest,
-  modelId: string,
-  onIds: (ids: string[]) => void,
-  abandoned: AbortSignal,
+  run: PipelineRun,
 ): Promise<Array<ImageResult & { receivedAt: number }>> {
   const { config, keys, redis, waiter } = deps;
-  const receivedAt = Date.now();
-  // A request may ask for a shorter deadline, never a longer one.
-  const deadline = receivedAt + Math.min(config.requestTimeoutMs, parsed.timeoutMs ?? Infinity);
+  const { modelId, receivedAt, deadline, onIds, abandoned } = run;
   const jobs: PreJob[] = parsed.images.map((img) => ({
     id: randomUUID(),
     modelId,
@@ -279,7 +354,7 @@ async function runPipeline(
   // An image can fail (and its wait reject) while the jobs are still being enqueued, before
   // anything awaits the waits: mark them handled now; Promise.all below still sees the error.
   for (const w of waits) w.catch(() => {});
-  try {
+  const enqueued = (async () => {
     const store = redis.multi();
     parsed.images.forEach((img, i) => {
       if (img.kind === 'bytes')
@@ -289,16 +364,29 @@ async function runPipeline(
     await deps.preQueue.addBulk(
       jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
     );
-    const gone = new Promise<never>((_, reject) => {
-      const onAbort = () =>
-        reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));
-      if (abandoned.aborted) onAbort();
-      else abandoned.addEventListener('abort', onAbort, { once: true });
-    });
-    return await Promise.race([Promise.all(waits), gone]);
+  })();
+  const gone = new Promise<never>((_, reject) => {
+    const onAbort = () =>
+      reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));
+    if (abandoned.aborted) onAbort();
+    else abandoned.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    const all = enqueued.then(() => Promise.all(waits));
+    return await withDeadline(
+      Promise.race([all, gone]),
+      deadline,
+      () =>
+        new PipelineError(
+          ErrorCode.DEADLINE_EXCEEDED,
+          'no result arrived before the request deadline',
+        ),
+    );
   } catch (err) {
     for (const job of jobs) waiter.cancel(job.id);
-    await redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
+    // Not awaited: a Redis that does not answer must not hold the answer. Queued on the same
+    // connection after the writes above, so it runs after them when Redis answers again.
+    redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
     throw err;
   }
 }
@@ -325,15 +413,46 @@ function toHttpError(err: FastifyError): ErrorBody {
   const status = err.statusCode ?? 500;
   if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
   if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
+  if (status === 408) return { code: ErrorCode.REQUEST_TIMEOUT, message: err.message };
   if (status >= 400 && status < 500)
     return { code: ErrorCode.INVALID_REQUEST, message: err.message };
-  if (isRedisUnavailable(err))
-    return { code: ErrorCode.NOT_READY, message: 'Redis is not reachable' };
-  return { code: ErrorCode.INTERNAL, message: 'internal error' };
+  const body = toErrorBody(err);
+  // Unknown failures keep their details in the log, not in the answer.
+  return body.code === ErrorCode.INTERNAL ? { ...body, message: 'internal error' } : body;
 }
 
-function isRedisUnavailable(err: Error): boolean {
-  return /Connection is closed|MaxRetriesPerRequest|ECONNREFUSED|Stream isn't writeable/i.test(
-    err.message,
-  );
+/** Longest wait for a request's headers, whatever REQUEST_BODY_TIMEOUT_MS says. */
+const HEADERS_TIMEOUT_MS = 10_000;
+/** How long /readyz waits for Redis before it answers 503. */
+const READY_TIMEOUT_MS = 1000;
+
+/**
+ * Errors Node's HTTP parser raises before fastify has a request (timeouts of headers or body,
+ * malformed HTTP): answered in this API's shape, then the connection is closed.
+ */
+function clientError(this: { log: FastifyBaseLogger }, err: NodeJS.ErrnoException, socket: Duplex) {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, body]: [number, ErrorBody] =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [
+          408,
+          {
+            code: ErrorCode.REQUEST_TIMEOUT,
+            message: 'the request did not arrive completely in time; send it again',
+          },
+        ]
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, { code: ErrorCode.INVALID_REQUEST, message: 'the request headers are too large' }]
+        : [400, { code: ErrorCode.INVALID_REQUEST, message: 'malformed HTTP request' }];
+  this.log.debug({ err: err.message, status }, 'client error');
+  // A response already under way for this socket cannot be replaced; otherwise answer.
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (socket.writable && !inFlight?.headersSent) {
+    const json = JSON.stringify(body);
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`,
+    );
+  }
+  socket.destroy();
 }

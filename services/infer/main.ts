@@ -5,9 +5,10 @@ import {
   nowMs,
   type InferJob,
   type ModelCommand,
+  type ModelDescription,
 } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { publishModel } from '../../shared/model-directory.js';
+import { modelsPayload } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
 import { closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
@@ -35,11 +36,12 @@ interface ItemResult {
   inferEnd: number;
 }
 
-runStage(QueueName.infer, async ({ config, log, keys, client, registry, instanceId }) => {
+runStage(QueueName.infer, async ({ config, log, keys, client, registry, instanceId, beatNow }) => {
   const metrics = new InferenceMetrics(registry);
-  const publish = async (desc: Parameters<typeof publishModel>[2]) => {
+  // The descriptions travel with the heartbeat (model-directory.ts): a change is beaten at once.
+  const publish = async (desc: ModelDescription) => {
     metrics.described(desc);
-    await publishModel(client, keys, desc);
+    await beatNow();
   };
   const pool = await ModelPool.start(await loadModelSpecs(config.infer), {
     maxActive: config.infer.maxActiveModels,
@@ -50,8 +52,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     onChange: publish,
     onLoad: (model) => metrics.loaded(model.description.model_id, model.loadMs / 1000),
   });
-  const publishAll = () => Promise.all(pool.descriptions().map(publish));
-  await publishAll();
+  for (const desc of pool.descriptions()) metrics.described(desc);
   const postQueue = createQueue(QueueName.post, client, keys.prefix);
 
   const scheduler = new BatchScheduler<BatchItem, ItemResult>({
@@ -114,9 +115,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
   return {
     // Twice the batch sizes, so the next batches fill while one runs.
     concurrency: Math.min(1024, batchLimit * 2),
-    heartbeatPayload: JSON.stringify(pool.descriptions().map((d) => d.model_id)),
-    // Republished with every heartbeat, so a Redis that restarted empty learns them again.
-    everyBeat: publishAll,
+    heartbeatPayload: () => modelsPayload(pool.descriptions()),
     process: async (job, jobLog) => {
       if (!pool.has(job.modelId)) {
         throw new PipelineError(

@@ -19,9 +19,8 @@ runStage(QueueName.post, ({ config, keys, client }) => {
     concurrency: config.post.concurrency,
     process: async (job, log) => {
       const postStart = nowMs();
-      const model = await models.get(job.modelId);
-      if (!model)
-        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
+      // The gateway saw the model served: a missing description is a restart in progress.
+      const model = await models.require(job.modelId, job.deadline);
       const bytes = await client.getBuffer(keys.candidates(job.id));
       if (!bytes)
         throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the model output is no longer in Redis');

@@ -1,6 +1,5 @@
 import sharp from 'sharp';
 import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
-import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
 import { runStage } from '../../shared/stage-process.js';
@@ -24,9 +23,8 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
       const preStart = nowMs();
-      const model = await models.get(job.modelId);
-      if (!model)
-        throw new PipelineError(ErrorCode.MODEL_NOT_FOUND, `model '${job.modelId}' is not served`);
+      // The gateway saw the model served: a missing description is a restart in progress.
+      const model = await models.require(job.modelId, job.deadline);
       const bytes = await loadImageBytes(client, keys, job, {
         allowPrivate: config.pre.allowPrivateUrls,
         maxBytes: config.gateway.maxBodyBytes,

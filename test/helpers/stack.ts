@@ -17,16 +17,27 @@ import {
  */
 export interface RedisHandle {
   url: string;
+  /** A client of the test's own (it reconnects by itself after a restart). */
   client: Redis;
+  /** Kills the server (SIGKILL) and starts a new, empty one on the same port. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startRedis(): Promise<RedisHandle> {
-  const server = await startRedisServer();
+  let server = await startRedisServer();
+  const port = Number(new URL(server.url).port);
   const client = new Redis(server.url);
+  client.on('error', () => {}); // Expected while the server restarts.
   return {
     url: server.url,
     client,
+    async restart() {
+      const exited = new Promise((resolve) => server.process.once('exit', resolve));
+      server.process.kill('SIGKILL');
+      await exited;
+      server = await startRedisServer('ignore', port);
+    },
     async stop() {
       client.disconnect();
       await stopProcess(server.process);

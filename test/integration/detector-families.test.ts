@@ -11,6 +11,7 @@ import {
 } from '../../services/infer/tiny-model/tiny-model.js';
 import type { DetectionResponse, ModelDescription, Prediction } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
+import { ModelDirectory } from '../../shared/model-directory.js';
 import { assertShapes, drawImage, drawPixels, type Shape } from '../helpers/images.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 import {
@@ -58,9 +59,9 @@ async function publishedModel(stack: Stack, modelId: string): Promise<ModelDescr
   const client = new Redis(redis!.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
   try {
     await client.connect();
-    const json = await client.hget(new Keys(stack.prefix).models(), modelId);
-    assert.ok(json, `no description of ${modelId}`);
-    return JSON.parse(json) as ModelDescription;
+    const desc = await new ModelDirectory(client, new Keys(stack.prefix)).get(modelId);
+    assert.ok(desc, `no description of ${modelId}`);
+    return desc;
   } finally {
     client.disconnect();
   }

@@ -1,0 +1,74 @@
+/**
+ * Bounds on waits. Every wait on the request path (a Redis command, a download, a child
+ * start) must end by the deadline it serves, whatever the other side does: a Redis that stops
+ * answering without closing its connection would otherwise hold a request for as long as it
+ * sleeps.
+ */
+
+/**
+ * Settles like `work`, or rejects with `onTimeout()` once epoch-ms `deadline` has passed,
+ * whichever comes first. `work` is not cancelled (a Redis command cannot be): its late result
+ * or error is ignored.
+ *
+ * @param work the promise to bound
+ * @param deadline epoch milliseconds (`Date.now()` clock)
+ * @param onTimeout the error to reject with at the deadline
+ */
+export function withDeadline<T>(
+  work: Promise<T>,
+  deadline: number,
+  onTimeout: () => Error,
+): Promise<T> {
+  const remaining = deadline - Date.now();
+  if (remaining <= 0) {
+    work.catch(() => {});
+    return Promise.reject(onTimeout());
+  }
+  const { promise, resolve, reject } = withResolvers<T>();
+  const timer = setTimeout(() => reject(onTimeout()), remaining);
+  work.then(
+    (value) => {
+      clearTimeout(timer);
+      resolve(value);
+    },
+    (err: unknown) => {
+      clearTimeout(timer);
+      reject(err);
+    },
+  );
+  return promise;
+}
+
+/**
+ * `withDeadline` with a duration: settles like `work` or rejects with `onTimeout()` after
+ * `timeoutMs` milliseconds.
+ */
+export function withTimeout<T>(
+  work: Promise<T>,
+  timeoutMs: number,
+  onTimeout: () => Error,
+): Promise<T> {
+  return withDeadline(work, Date.now() + timeoutMs, onTimeout);
+}
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+interface Resolvers<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (reason: unknown) => void;
+}
+
+/** `Promise.withResolvers`, which Node 20 lacks. */
+function withResolvers<T>(): Resolvers<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
