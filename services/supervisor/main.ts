@@ -1,4 +1,3 @@
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
@@ -6,7 +5,13 @@ import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
 import { createLogger } from '../../shared/logger.js';
-import { startRedisServer, stopProcess, waitForRedis, type Role } from './processes.js';
+import {
+  spawnRedisServer,
+  spawnRole,
+  startRedisServer,
+  waitForRedis,
+  type Role,
+} from './processes.js';
 import { Supervised } from './supervised.js';
 
 /**
@@ -17,8 +22,11 @@ import { Supervised } from './supervised.js';
  * inference process with its model loaded → the `pre` and `post` workers → the gateway, each
  * step waiting for the heartbeats of the processes it started. A startup failure ends with one
  * line saying what is wrong. Once running, a process that dies is restarted with backoff
- * (supervised.ts). SIGINT/SIGTERM stops the gateway first (it finishes in-flight requests
- * within DRAIN_TIMEOUT_MS), then the workers, the model and Redis last; a second signal forces.
+ * (supervised.ts), the private redis-server too (on the same port; the roles reconnect by
+ * themselves). SIGINT/SIGTERM, or the end of the process that started this one (npm, a shell),
+ * stops the gateway first (it finishes in-flight requests within DRAIN_TIMEOUT_MS), then the
+ * workers, the model and Redis last, all within one DRAIN_TIMEOUT_MS plus SHUTDOWN_MARGIN_MS;
+ * a second signal forces.
  */
 const config = loadConfigOrExit();
 const log = createLogger('supervisor', config.logLevel);
@@ -29,7 +37,7 @@ class StartupError extends Error {
 }
 
 const processes: Supervised[] = [];
-let redisProcess: ChildProcess | undefined;
+let redisProcess: Supervised | undefined;
 let stopping: Promise<void> | undefined;
 let lastStartupLine: string | undefined;
 
@@ -41,7 +49,14 @@ async function main(): Promise<void> {
     });
   } else {
     const redis = await startRedisServer();
-    redisProcess = redis.process;
+    const port = Number(new URL(redis.url).port);
+    redisProcess = new Supervised({
+      name: 'redis',
+      spawn: () => spawnRedisServer(port, ['ignore', 'ignore', 'pipe']),
+      started: redis.process,
+      log,
+      onGiveUp: giveUp,
+    });
     redisUrl = redis.url;
     log.info({ redisUrl }, 'private redis-server started');
   }
@@ -118,16 +133,15 @@ function startProcesses(role: Role, count: number, env: NodeJS.ProcessEnv): Supe
     { length: count },
     (_, i) =>
       new Supervised({
-        role,
-        index: i + 1,
-        env: { ...env, METRICS_PORT: String(metricsPort(role, i)) },
+        name: `${role}#${i + 1}`,
+        spawn: () =>
+          spawnRole(role, { ...env, METRICS_PORT: String(metricsPort(role, i)) }, [
+            'ignore',
+            'inherit',
+            'pipe',
+          ]),
         log,
-        onGiveUp: (name, crashes) => {
-          process.stderr.write(
-            `${name} keeps crashing (${crashes} times in a minute; see its log above): stopping the stack\n`,
-          );
-          void shutdown(1);
-        },
+        onGiveUp: giveUp,
         onStderrLine: (line) => {
           // The supervisor reports a startup failure itself, in one line.
           if (!line.startsWith('startup failed:')) return false;
@@ -192,35 +206,66 @@ async function checkPortFree(host: string, port: number): Promise<void> {
   }
 }
 
+/** A child that keeps crashing stops the whole stack, with one line saying which. */
+function giveUp(name: string, crashes: number): void {
+  process.stderr.write(
+    `${name} keeps crashing (${crashes} times in a minute; see its log above): stopping the stack\n`,
+  );
+  void shutdown(1);
+}
+
+/** Time the roles get beyond DRAIN_TIMEOUT_MS to close their connections and exit. */
+const SHUTDOWN_MARGIN_MS = 5000;
+
+/**
+ * Stops the stack in order: intake first (the gateway drains its in-flight requests), the
+ * workers, the model, and Redis after everything that uses it. The phases share one deadline,
+ * DRAIN_TIMEOUT_MS + SHUTDOWN_MARGIN_MS from now: a process still running when its phase's
+ * share is spent is killed, so a stack whose Redis is gone stops in one drain timeout, not one
+ * per phase. Idempotent.
+ */
 function shutdown(code: number): Promise<void> {
   stopping ??= (async () => {
-    // Intake first (the gateway drains its in-flight requests), the model last, Redis after
-    // everything that uses it.
-    const grace = config.drainTimeoutMs + 5000;
+    const until = Date.now() + config.drainTimeoutMs + SHUTDOWN_MARGIN_MS;
     for (const roles of [['gateway'], ['pre', 'post'], ['infer']]) {
+      const left = Math.max(0, until - Date.now());
       await Promise.all(
-        processes.filter((p) => roles.includes(p.name.split('#')[0]!)).map((p) => p.stop(grace)),
+        processes.filter((p) => roles.includes(p.name.split('#')[0]!)).map((p) => p.stop(left)),
       );
     }
-    if (redisProcess) await stopProcess(redisProcess);
+    await redisProcess?.stop(Math.max(1000, until - Date.now()));
     process.exit(code);
   })();
   return stopping;
 }
 
-let signals = 0;
+/** Repeats of a signal within this time are the same request (a terminal's Ctrl-C reaches npm,
+ * which passes it on, and this process, which is in the same process group). */
+const SIGNAL_REPEAT_MS = 1000;
+let firstSignalAt: number | undefined;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => {
-    if (++signals > 1) {
+    if (firstSignalAt !== undefined) {
+      if (Date.now() - firstSignalAt < SIGNAL_REPEAT_MS) return;
       log.warn({ signal }, 'second signal: killing every process');
       for (const p of processes) p.kill();
-      redisProcess?.kill('SIGKILL');
+      redisProcess?.kill();
       process.exit(1);
     }
+    firstSignalAt = Date.now();
     log.info({ signal }, 'stopping the stack');
     void shutdown(0);
   });
 }
+
+// The process that started this one (npm, a shell) is gone: nobody can stop the stack any more
+// but by hand, so it stops now. A SIGTERM to `npm start` ends npm's shell without passing on.
+const parentPid = process.ppid;
+setInterval(() => {
+  if (process.ppid === parentPid || stopping) return;
+  log.warn({ parentPid }, 'the process that started the stack is gone: stopping the stack');
+  void shutdown(0);
+}, 500).unref();
 
 main().catch((err: unknown) => {
   const message = err instanceof Error ? err.message : String(err);

@@ -51,18 +51,17 @@ export class RedisServerError extends Error {
 }
 
 /**
- * Starts a private redis-server on a free loopback port with persistence off, and waits until
- * it answers PING.
+ * Spawns a redis-server on loopback `port` with persistence off and the `noeviction` policy,
+ * without waiting for it; see startRedisServer.
+ *
+ * @param password a password the server requires
  */
-export async function startRedisServer(
+export function spawnRedisServer(
+  port: number,
   stdio: StdioOptions = 'ignore',
-  /** A given port (to restart a server where it was); default a free one. */
-  port?: number,
-  /** A password the server requires (it then appears in the returned URL). */
   password?: string,
-): Promise<{ url: string; process: ChildProcess }> {
-  port ??= await freePort();
-  const child = spawn(
+): ChildProcess {
+  return spawn(
     'redis-server',
     [
       '--port',
@@ -79,6 +78,27 @@ export async function startRedisServer(
     ],
     { stdio },
   );
+}
+
+/** The URL of a private redis-server on loopback `port`. */
+export function redisServerUrl(port: number, password?: string): string {
+  return `redis://${password ? `:${encodeURIComponent(password)}@` : ''}127.0.0.1:${port}`;
+}
+
+/**
+ * Starts a private redis-server (see spawnRedisServer) and waits until it answers PING.
+ *
+ * @param port where it listens; default a free one (a given port restarts a server where it was)
+ * @param password a password the server requires (it then appears in the returned URL)
+ * @throws RedisServerError when redis-server is missing, exits, or does not answer within 10 s
+ */
+export async function startRedisServer(
+  stdio: StdioOptions = 'ignore',
+  port?: number,
+  password?: string,
+): Promise<{ url: string; process: ChildProcess }> {
+  port ??= await freePort();
+  const child = spawnRedisServer(port, stdio, password);
   const spawnError = new Promise<never>((_, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) =>
       reject(
@@ -93,7 +113,7 @@ export async function startRedisServer(
       reject(new RedisServerError(`redis-server exited with code ${code} at startup`)),
     );
   });
-  const url = `redis://${password ? `:${encodeURIComponent(password)}@` : ''}127.0.0.1:${port}`;
+  const url = redisServerUrl(port, password);
   await Promise.race([waitForRedis(url, 10_000), spawnError]);
   child.removeAllListeners('exit');
   return { url, process: child };

@@ -1,9 +1,9 @@
 import type { ChildProcess } from 'node:child_process';
 import type { Logger } from '../../shared/logger.js';
-import { spawnRole, stopProcess, type Role } from './processes.js';
+import { stopProcess } from './processes.js';
 
 /**
- * One role process under supervision. An exit nobody asked for is a crash: the process is
+ * One process under supervision: a role, or the private redis-server of `npm start`. An exit nobody asked for is a crash: the process is
  * started again after a backoff that doubles with each recent crash (0.5 s, 1 s, 2 s … 10 s).
  * A process that crashes more than MAX_CRASHES times within CRASH_WINDOW_MS is given up on,
  * so a broken setup stops with a clear error instead of restarting forever.
@@ -12,10 +12,18 @@ export const MAX_CRASHES = 5;
 export const CRASH_WINDOW_MS = 60_000;
 
 export interface SupervisedOptions {
-  role: Role;
-  index: number;
-  env: NodeJS.ProcessEnv;
+  /** Name in logs and errors, e.g. `pre#2` or `redis`. */
+  name: string;
+  /** Starts the process (again), with stderr piped when onStderrLine is given. */
+  spawn: () => ChildProcess;
+  /** A process already started by `spawn`, to supervise instead of starting one. */
+  started?: ChildProcess;
   log: Logger;
+  /**
+   * First restart delay, doubled with each recent crash up to 20×.
+   * @defaultValue 500
+   */
+  backoffMs?: number;
   /** Called once when the process keeps crashing. */
   onGiveUp: (name: string, crashes: number) => void;
   /** Sees each line the process writes to stderr; the line is passed through unless it returns true. */
@@ -30,8 +38,8 @@ export class Supervised {
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly opts: SupervisedOptions) {
-    this.name = `${opts.role}#${opts.index}`;
-    this.child = this.start();
+    this.name = opts.name;
+    this.child = this.watch(opts.started ?? opts.spawn());
   }
 
   get pid(): number | undefined {
@@ -60,8 +68,7 @@ export class Supervised {
     this.child.kill('SIGKILL');
   }
 
-  private start(): ChildProcess {
-    const child = spawnRole(this.opts.role, this.opts.env, ['ignore', 'inherit', 'pipe']);
+  private watch(child: ChildProcess): ChildProcess {
     let partial = '';
     child.stderr?.on('data', (chunk: Buffer) => {
       const lines = (partial + chunk.toString('utf8')).split('\n');
@@ -70,6 +77,8 @@ export class Supervised {
         if (!this.opts.onStderrLine?.(line)) process.stderr.write(`${line}\n`);
       }
     });
+    // A failed spawn also ends in 'exit'; without a listener its 'error' would end this process.
+    child.on('error', (err) => this.opts.log.warn({ err, process: this.name }, 'spawn failed'));
     child.once('exit', (code, signal) => this.onExit(code, signal));
     return child;
   }
@@ -82,13 +91,14 @@ export class Supervised {
       this.opts.onGiveUp(this.name, this.crashes.length);
       return;
     }
-    const delay = Math.min(500 * 2 ** (this.crashes.length - 1), 10_000);
+    const base = this.opts.backoffMs ?? 500;
+    const delay = Math.min(base * 2 ** (this.crashes.length - 1), base * 20);
     this.opts.log.warn(
       { process: this.name, code, signal, restartInMs: delay },
       `${this.name} exited; restarting`,
     );
     this.restartTimer = setTimeout(() => {
-      this.child = this.start();
+      this.child = this.watch(this.opts.spawn());
       this.opts.log.info(
         { process: this.name, childPid: this.child.pid },
         `${this.name} restarted`,

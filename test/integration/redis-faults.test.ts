@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { drawImage } from '../helpers/images.js';
-import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import { keysOf, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
  * Redis that misbehaves without dying, fills up or restarts empty: every request is still
