@@ -73,6 +73,10 @@ const EnvSchema = z.object({
   ALLOW_SVG: z.stringbool().default(false),
   /** `image.type = url`; off refuses URL images at the gateway. */
   ALLOW_URL_INPUT: z.stringbool().default(true),
+  /** Downloads of URL images one `pre` process runs at once (apart from its decoding slots). */
+  URL_FETCH_CONCURRENCY: int(16, 1, 1024),
+  /** Longest time one image download may take, redirects included; else IMAGE_FETCH_FAILED. */
+  URL_FETCH_TIMEOUT_MS: int(10_000, 100, 3_600_000),
   /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
   ALLOW_PRIVATE_URLS: z.stringbool().default(false),
   /** API keys, comma-separated; with API_KEYS_FILE (one per line). None: the API is open. */
@@ -118,7 +122,13 @@ export interface Config {
     concurrency: number;
     maxImagePixels: number;
     allowSvg: boolean;
-    allowPrivateUrls: boolean;
+    /** How URL images are downloaded (the `fetch` queue, served by `pre` processes). */
+    fetch: {
+      concurrency: number;
+      timeoutMs: number;
+      allowPrivate: boolean;
+      maxBytes: number;
+    };
   };
   post: { concurrency: number };
   infer: {
@@ -215,7 +225,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       concurrency: e.PRE_CONCURRENCY,
       maxImagePixels: e.MAX_IMAGE_PIXELS,
       allowSvg: e.ALLOW_SVG,
-      allowPrivateUrls: e.ALLOW_PRIVATE_URLS,
+      fetch: {
+        concurrency: e.URL_FETCH_CONCURRENCY,
+        timeoutMs: e.URL_FETCH_TIMEOUT_MS,
+        allowPrivate: e.ALLOW_PRIVATE_URLS,
+        maxBytes: e.MAX_BODY_BYTES,
+      },
     },
     post: { concurrency: e.POST_CONCURRENCY },
     infer: {

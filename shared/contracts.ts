@@ -8,6 +8,8 @@ import type { ModelLayout, Preprocessing } from './model-layout.js';
  * tensors never travel in them, only the Redis keys that hold them (see keys.ts).
  */
 export const QueueName = {
+  /** Images given by URL: downloaded (by `pre` processes, apart from decoding), then `pre`. */
+  fetch: 'fetch',
   pre: 'pre',
   infer: 'infer',
   post: 'post',
@@ -84,6 +86,7 @@ export interface PostJob extends RequestContext {
 
 /** Job payload type by queue, so a processor's payload follows from its queue name. */
 export interface JobPayloads {
+  fetch: PreJob;
   pre: PreJob;
   infer: InferJob;
   post: PostJob;

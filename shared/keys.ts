@@ -6,17 +6,12 @@
 export class Keys {
   constructor(readonly prefix: string) {}
 
-  /** Original image bytes as uploaded, written by the gateway, read by `pre`. */
+  /**
+   * Original image bytes: an upload, written by the gateway, or a URL image's download, written
+   * by the `fetch` worker; read by `pre`, and by `post` to draw on.
+   */
   image(id: string): string {
     return `${this.prefix}:img:${id}`;
-  }
-
-  /**
-   * Bytes of an image `pre` fetched from its URL, kept (only when a visualization is asked for)
-   * for `post` to draw on.
-   */
-  fetchedImage(id: string): string {
-    return `${this.prefix}:src:${id}`;
   }
 
   /** Letterboxed RGB uint8 pixels (HWC), written by `pre`, read by `infer`. */
@@ -31,7 +26,7 @@ export class Keys {
 
   /** Every per-request data key of one image, for cleanup when its request ends early. */
   requestData(id: string): string[] {
-    return [this.image(id), this.fetchedImage(id), this.pixels(id), this.candidates(id)];
+    return [this.image(id), this.pixels(id), this.candidates(id)];
   }
 
   /** BullMQ's hash of the job of image `id` in `queue` (the job id is the inference id). */

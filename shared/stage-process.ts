@@ -35,9 +35,20 @@ export interface StageDefinition<Q extends QueueName> {
   process: StageWorkerOptions<Q>['process'];
   /** Value of the heartbeat key at each beat (default '1'). */
   heartbeatPayload?: () => string;
+  /** Further queues this process serves, each with its own worker and concurrency. */
+  extraQueues?: ExtraQueue[];
   /** Cleanup steps run after the worker has finished its active jobs, before Redis closes. */
   close?: Array<[string, () => Promise<unknown>]>;
 }
+
+/** A further queue a stage process serves beside its own (the `fetch` queue of `pre`). */
+export type ExtraQueue = {
+  [K in QueueName]: {
+    queue: K;
+    concurrency: number;
+    process: StageWorkerOptions<K>['process'];
+  };
+}[QueueName];
 
 export function runStage<Q extends QueueName>(
   queue: Q,
@@ -50,36 +61,42 @@ export function runStage<Q extends QueueName>(
   const keys = new Keys(config.redis.prefix);
   void (async () => {
     const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker');
-    const workerConnection = createRedis(
-      config.redis.url,
-      `${queue}-worker:${instanceId}`,
-      'worker',
-    );
     const registry = createRegistry(queue);
     // A no-op until the heartbeat starts (setup runs before it).
     let beat: Heartbeat['beat'] = () => Promise.resolve();
     const beatNow = () => beat();
     const stage = await setup({ config, log, keys, instanceId, client, registry, beatNow });
-    const ownQueue = createQueue(queue, client, keys.prefix);
-    registerQueueGauge(registry, [ownQueue]);
+    const served = [
+      { queue, concurrency: stage.concurrency, process: stage.process } as ExtraQueue,
+      ...(stage.extraQueues ?? []),
+    ];
+    const ownQueues = served.map((s) => createQueue(s.queue, client, keys.prefix));
+    registerQueueGauge(registry, ownQueues);
     const metricsServer = await serveMetrics(
       registry,
       config.gateway.host,
       config.metricsPort,
       log,
     );
-    const worker = createStageWorker({
-      metrics: new StageMetrics(registry),
-      queue,
-      connection: workerConnection,
-      client,
-      keys,
-      concurrency: stage.concurrency,
-      logger: log,
-      replyTtlSeconds: config.dataTtlSeconds,
-      lockDurationMs: config.jobLockMs,
-      process: stage.process,
-    });
+    const metrics = new StageMetrics(registry);
+    // Each worker blocks on its own connection.
+    const connections = served.map((s) =>
+      createRedis(config.redis.url, `${s.queue}-worker:${instanceId}`, 'worker'),
+    );
+    const workers = served.map((s, i) =>
+      createStageWorker({
+        metrics,
+        queue: s.queue,
+        connection: connections[i]!,
+        client,
+        keys,
+        concurrency: s.concurrency,
+        logger: log,
+        replyTtlSeconds: config.dataTtlSeconds,
+        lockDurationMs: config.jobLockMs,
+        process: s.process as StageWorkerOptions<QueueName>['process'],
+      }),
+    );
     const heartbeat = await startHeartbeat(
       client,
       keys,
@@ -89,7 +106,7 @@ export function runStage<Q extends QueueName>(
       (err) => log.warn({ err }, 'heartbeat failed'),
     );
     beat = () => heartbeat.beat();
-    log.info({ concurrency: stage.concurrency }, `${queue} worker ready`);
+    for (const s of served) log.info({ concurrency: s.concurrency }, `${s.queue} worker ready`);
     handleShutdown(
       log,
       once(() =>
@@ -97,11 +114,11 @@ export function runStage<Q extends QueueName>(
           ['heartbeat', () => heartbeat.close()],
           // Stops taking jobs and waits for the active ones, unless Redis is gone: then they
           // cannot finish anyway, and other workers take them up once Redis is back.
-          ['worker', () => worker.close(client.status !== 'ready')],
+          ['worker', () => Promise.all(workers.map((w) => w.close(client.status !== 'ready')))],
           ...(stage.close ?? []),
           ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
-          ['queue', () => ownQueue.close()],
-          ['redis', () => Promise.all([closeRedis(workerConnection), closeRedis(client)])],
+          ['queue', () => Promise.all(ownQueues.map((q) => q.close()))],
+          ['redis', () => Promise.all([...connections, client].map((c) => closeRedis(c)))],
         ]),
       ),
       config.drainTimeoutMs,

@@ -54,15 +54,18 @@ async function serve(config: Config, log: Logger): Promise<void> {
   // The gateway also reports the depth of every queue; the worker roles report only their own.
   const inferQueue = createQueue(QueueName.infer, redis, keys.prefix);
   const postQueue = createQueue(QueueName.post, redis, keys.prefix);
+  const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix);
+  const queues = [fetchQueue, preQueue, inferQueue, postQueue];
   const registry = createRegistry('gateway');
-  registerQueueGauge(registry, [preQueue, inferQueue, postQueue]);
+  registerQueueGauge(registry, queues);
   const app = await buildServer({
     config,
     gatewayId,
     keys,
     redis,
     preQueue,
-    queues: [preQueue, inferQueue, postQueue],
+    fetchQueue,
+    queues,
     waiter,
     models: new ModelDirectory(redis, keys),
     log,
@@ -79,7 +82,7 @@ async function serve(config: Config, log: Logger): Promise<void> {
         // close() stops accepting connections and waits for in-flight requests to answer.
         ['http', () => app.close()],
         ['waiter', () => waiter.close()],
-        ['queues', () => Promise.all([preQueue.close(), inferQueue.close(), postQueue.close()])],
+        ['queues', () => Promise.all(queues.map((q) => q.close()))],
         ['redis', () => closeRedis(redis)],
       ]),
     ),

@@ -54,6 +54,8 @@ export interface GatewayDeps {
   keys: Keys;
   redis: Redis;
   preQueue: StageQueue<'pre'>;
+  /** Where images given by URL go first, to be downloaded. */
+  fetchQueue: StageQueue<'fetch'>;
   /** Every queue of the pipeline, for the dashboard. */
   queues: readonly Queue[];
   waiter: ResultWaiter;
@@ -361,9 +363,16 @@ async function runPipeline(
         store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
     });
     await execMulti(store);
-    await deps.preQueue.addBulk(
-      jobs.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
-    );
+    const byUrl = jobs.filter((j) => j.source.kind === 'url');
+    const stored = jobs.filter((j) => j.source.kind === 'stored');
+    if (byUrl.length > 0)
+      await deps.fetchQueue.addBulk(
+        byUrl.map((data) => ({ name: 'fetch', data, opts: { jobId: data.id } })),
+      );
+    if (stored.length > 0)
+      await deps.preQueue.addBulk(
+        stored.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
+      );
   })();
   const gone = new Promise<never>((_, reject) => {
     const onAbort = () =>

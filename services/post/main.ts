@@ -33,10 +33,8 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         elapsedSeconds: (Date.now() - job.receivedAt) / 1000,
       });
       if (job.params.visualize) {
-        // The upload, or the bytes `pre` fetched from the image's URL.
-        const original =
-          (await client.getBuffer(keys.image(job.id))) ??
-          (await client.getBuffer(keys.fetchedImage(job.id)));
+        // The upload, or the download of a URL image, as `pre` read it.
+        const original = await client.getBuffer(keys.image(job.id));
         if (!original)
           throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the image is no longer in Redis');
         const drawn = await drawPredictions(original, response.predictions, {

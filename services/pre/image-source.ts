@@ -9,37 +9,45 @@ import type { Keys } from '../../shared/keys.js';
 import { isPublicAddress } from './url-guard.js';
 
 /**
- * Where the `pre` stage gets an image's bytes: from Redis, where the gateway stored the upload,
- * or from the URL the client gave. URL images are fetched here, not in the gateway, so the
- * gateway stays light and the download is part of the work that scales with `pre`.
+ * Where the `pre` processes get an image's bytes: from Redis, where the gateway stored the
+ * upload (or the `fetch` worker stored the download), or from the URL the client gave. URL
+ * images are fetched by `pre` processes, not the gateway, so the gateway stays light and the
+ * download is part of the work that scales with `pre`; they are fetched by a worker of their
+ * own (the `fetch` queue), so a slow remote host never holds a decoding slot.
  */
 export interface UrlPolicy {
   /** Allow loopback, private and link-local addresses (off by default: see url-guard.ts). */
   allowPrivate: boolean;
+  /** Largest download, bytes. */
   maxBytes: number;
+  /** Longest wait for a connection (and, once connected, for each read), ms. */
   connectTimeoutMs: number;
   maxRedirects: number;
+  /** Longest time the whole download may take, redirects included, ms; the request deadline bounds it too. */
+  totalTimeoutMs?: number;
 }
 
-export async function loadImageBytes(
-  redis: Redis,
-  keys: Keys,
-  job: PreJob,
-  policy: UrlPolicy,
-): Promise<Buffer> {
-  if (job.source.kind === 'stored') {
-    const bytes = await redis.getBuffer(keys.image(job.id));
-    if (!bytes)
-      throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the uploaded image is no longer in Redis');
-    return bytes;
-  }
-  return fetchImage(job.source.url, job.deadline, policy);
+/**
+ * The bytes of an image stored in Redis (an upload, or a finished download).
+ *
+ * @throws PipelineError DATA_EXPIRED when the key is gone (its TTL passed, or the request ended)
+ */
+export async function loadStoredImage(redis: Redis, keys: Keys, job: PreJob): Promise<Buffer> {
+  const bytes = await redis.getBuffer(keys.image(job.id));
+  if (!bytes)
+    throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the uploaded image is no longer in Redis');
+  return bytes;
 }
 
 /**
  * GET with the URL policy: http and https only, every address checked after DNS resolution
- * (on each redirect too), a connect timeout, the request deadline as the total timeout, a size
- * limit and a redirect limit.
+ * (on each redirect too), a connect timeout, the earlier of the request deadline and
+ * `totalTimeoutMs` as the total timeout, a size limit and a redirect limit.
+ *
+ * @param deadline epoch ms of the request's deadline
+ * @returns the body's bytes
+ * @throws PipelineError IMAGE_FETCH_FAILED (address refused, HTTP error, too large, too slow),
+ *   DEADLINE_EXCEEDED
  */
 export async function fetchImage(
   url: string,
@@ -48,6 +56,13 @@ export async function fetchImage(
 ): Promise<Buffer> {
   const fail = (why: string) =>
     new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, `could not fetch ${url}: ${why}`);
+  // The earlier of the request's deadline and the download's own limit ends it; say which.
+  const own = policy.totalTimeoutMs === undefined ? Infinity : Date.now() + policy.totalTimeoutMs;
+  const until = Math.min(deadline, own);
+  const late =
+    own < deadline
+      ? `the download took longer than ${policy.totalTimeoutMs} ms`
+      : 'the download did not finish before the request deadline';
   let current = new URL(url);
   for (let redirects = 0; ; redirects++) {
     if (current.protocol !== 'http:' && current.protocol !== 'https:')
@@ -57,7 +72,7 @@ export async function fetchImage(
     if (!policy.allowPrivate && isIP(host) !== 0 && !isPublicAddress(host)) {
       throw new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(host));
     }
-    const res = await get(current, deadline, policy).catch((err: unknown) => {
+    const res = await get(current, until, late, policy).catch((err: unknown) => {
       throw err instanceof PipelineError
         ? err
         : fail(err instanceof Error ? err.message : String(err));
@@ -81,20 +96,32 @@ export async function fetchImage(
     }
     const chunks: Buffer[] = [];
     let total = 0;
-    for await (const chunk of res as AsyncIterable<Buffer>) {
-      total += chunk.byteLength;
-      if (total > policy.maxBytes) {
-        res.destroy();
-        throw fail(`the image is larger than ${policy.maxBytes} bytes`);
+    try {
+      for await (const chunk of res as AsyncIterable<Buffer>) {
+        total += chunk.byteLength;
+        if (total > policy.maxBytes) {
+          res.destroy();
+          throw fail(`the image is larger than ${policy.maxBytes} bytes`);
+        }
+        chunks.push(chunk);
       }
-      chunks.push(chunk);
+    } catch (err) {
+      throw err instanceof PipelineError
+        ? err
+        : fail(err instanceof Error ? err.message : String(err));
     }
     if (total === 0) throw fail('the response body is empty');
     return Buffer.concat(chunks);
   }
 }
 
-function get(url: URL, deadline: number, policy: UrlPolicy): Promise<IncomingMessage> {
+/** Starts a GET; the response is destroyed with `late` as its error at `deadline`. */
+function get(
+  url: URL,
+  deadline: number,
+  late: string,
+  policy: UrlPolicy,
+): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const remaining = deadline - Date.now();
     if (remaining <= 0)
@@ -107,18 +134,15 @@ function get(url: URL, deadline: number, policy: UrlPolicy): Promise<IncomingMes
     const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, options, (res) => {
       clearTimeout(total);
       req.setTimeout(0);
-      // The rest of the download is bounded by the request deadline.
+      // The rest of the download is bounded by the deadline too.
       const rest = setTimeout(
-        () => res.destroy(new Error('the download did not finish before the request deadline')),
+        () => res.destroy(new Error(late)),
         Math.max(1, deadline - Date.now()),
       );
       res.once('close', () => clearTimeout(rest));
       resolve(res);
     });
-    const total = setTimeout(
-      () => req.destroy(new Error('no response before the request deadline')),
-      remaining,
-    );
+    const total = setTimeout(() => req.destroy(new Error(late)), remaining);
     req.once('timeout', () =>
       req.destroy(new Error(`no connection within ${policy.connectTimeoutMs} ms`)),
     );

@@ -3,13 +3,18 @@ import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
 import { runStage } from '../../shared/stage-process.js';
-import { loadImageBytes } from './image-source.js';
+import { fetchImage, loadStoredImage } from './image-source.js';
 import { letterboxImage } from './preprocess.js';
 
 /**
- * The `pre` stage: takes jobs from the `pre` queue, loads the image (from Redis or its URL),
+ * The `pre` stage: takes jobs from the `pre` queue, reads the image's bytes from Redis,
  * decodes, orients and letterboxes it with sharp to the model's input size, stores the uint8
  * pixels in Redis and enqueues the image on the `infer` queue.
+ *
+ * The same process serves the `fetch` queue with a worker of its own: images given by URL are
+ * downloaded there (URL_FETCH_CONCURRENCY at once, each within URL_FETCH_TIMEOUT_MS), stored
+ * like uploads and put on the `pre` queue. Downloads wait on the network, decoding on the CPU:
+ * kept apart, a slow remote host delays only its own requests, never an upload's decoding.
  */
 
 // Each job is one image; libvips' own thread pool per image would only fight the job
@@ -19,21 +24,21 @@ sharp.concurrency(1);
 runStage(QueueName.pre, ({ config, keys, client }) => {
   const models = new ModelDirectory(client, keys);
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix);
+  const preQueue = createQueue(QueueName.pre, client, keys.prefix);
+  const policy = {
+    allowPrivate: config.pre.fetch.allowPrivate,
+    maxBytes: config.pre.fetch.maxBytes,
+    connectTimeoutMs: 5000,
+    maxRedirects: 3,
+    totalTimeoutMs: config.pre.fetch.timeoutMs,
+  };
   return {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
       const preStart = nowMs();
       // The gateway saw the model served: a missing description is a restart in progress.
       const model = await models.require(job.modelId, job.deadline);
-      const bytes = await loadImageBytes(client, keys, job, {
-        allowPrivate: config.pre.allowPrivateUrls,
-        maxBytes: config.gateway.maxBodyBytes,
-        connectTimeoutMs: 5000,
-        maxRedirects: 3,
-      });
-      // `post` draws on the original image; an upload is still in Redis, a fetched one is not.
-      if (job.source.kind === 'url' && job.params.visualize)
-        await client.set(keys.fetchedImage(job.id), bytes, 'EX', config.dataTtlSeconds);
+      const bytes = await loadStoredImage(client, keys, job);
       const started = performance.now();
       const { pixels, letterbox } = await letterboxImage(
         bytes,
@@ -54,6 +59,27 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         'preprocessed',
       );
     },
-    close: [['infer queue', () => inferQueue.close()]],
+    extraQueues: [
+      {
+        queue: QueueName.fetch,
+        concurrency: config.pre.fetch.concurrency,
+        process: async (job, log) => {
+          if (job.source.kind !== 'url') {
+            await enqueue(preQueue, job);
+            return;
+          }
+          const started = performance.now();
+          const bytes = await fetchImage(job.source.url, job.deadline, policy);
+          // Stored as an upload is: `pre` decodes it, `post` draws on it, cleanup is the same.
+          await client.set(keys.image(job.id), bytes, 'EX', config.dataTtlSeconds);
+          await enqueue(preQueue, { ...job, source: { kind: 'stored' } });
+          log.debug({ ms: performance.now() - started, bytes: bytes.length }, 'fetched');
+        },
+      },
+    ],
+    close: [
+      ['infer queue', () => inferQueue.close()],
+      ['pre queue', () => preQueue.close()],
+    ],
   };
 });

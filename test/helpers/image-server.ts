@@ -4,19 +4,27 @@ import { after, before } from 'node:test';
 
 /**
  * A loopback HTTP server for a test file's image URLs: started before its tests, closed after
- * them. `served` maps a path to the PNG bytes answered for it; other paths are 404.
+ * them. `served` maps a path to the PNG bytes answered for it; paths in `trickled` answer 200
+ * and then one byte a second, never finishing; other paths are 404.
  */
 export interface ImageServer {
   /** `http://127.0.0.1:<port>`, once the server listens. */
   url: string;
   served: Map<string, Buffer>;
+  trickled: Set<string>;
 }
 
 export function suiteImageServer(): ImageServer {
-  const handle: ImageServer = { url: '', served: new Map() };
+  const handle: ImageServer = { url: '', served: new Map(), trickled: new Set() };
   let server: Server | undefined;
   before(async () => {
     server = createServer((req, res) => {
+      if (handle.trickled.has(req.url ?? '')) {
+        res.writeHead(200, { 'content-type': 'image/png', 'content-length': '100000' });
+        const timer = setInterval(() => res.write('x'), 1000);
+        res.once('close', () => clearInterval(timer));
+        return;
+      }
       const body = handle.served.get(req.url ?? '');
       if (!body) return void res.writeHead(404).end();
       res.writeHead(200, { 'content-type': 'image/png' }).end(body);
@@ -25,6 +33,7 @@ export function suiteImageServer(): ImageServer {
     handle.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
   after(() => {
+    server?.closeAllConnections();
     server?.close();
   });
   return handle;
