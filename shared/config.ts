@@ -27,6 +27,8 @@ const EnvSchema = z.object({
   METRICS_PORT: int(9464, 0, 65535),
   PRE_CONCURRENCY: int(2, 1, 256),
   POST_CONCURRENCY: int(8, 1, 1024),
+  /** Pixels (width × height) `post` draws at once for visualize_predictions; more wait. */
+  VISUALIZE_MAX_PIXELS: int(32_000_000, 1_000_000),
   MAX_BATCH_SIZE: int(8, 1, 1024),
   MAX_BATCH_DELAY_MS: int(5, 0, 10_000),
   EXECUTION_PROVIDER: z.enum(['cpu', 'cuda', 'tensorrt']).default('cpu'),
@@ -130,7 +132,7 @@ export interface Config {
       maxBytes: number;
     };
   };
-  post: { concurrency: number };
+  post: { concurrency: number; visualizeMaxPixels: number };
   infer: {
     maxBatchSize: number;
     maxBatchDelayMs: number;
@@ -232,7 +234,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         maxBytes: e.MAX_BODY_BYTES,
       },
     },
-    post: { concurrency: e.POST_CONCURRENCY },
+    post: { concurrency: e.POST_CONCURRENCY, visualizeMaxPixels: e.VISUALIZE_MAX_PIXELS },
     infer: {
       maxBatchSize: e.MAX_BATCH_SIZE,
       maxBatchDelayMs: e.MAX_BATCH_DELAY_MS,

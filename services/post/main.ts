@@ -1,3 +1,4 @@
+import sharp from 'sharp';
 import { decodeCandidates } from '../../shared/candidates.js';
 import { QueueName, nowMs } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
@@ -5,6 +6,7 @@ import { ModelDirectory } from '../../shared/model-directory.js';
 import { sendResult } from '../../shared/reply.js';
 import { runStage } from '../../shared/stage-process.js';
 import { buildResponse } from './postprocess.js';
+import { PixelBudget } from './pixel-budget.js';
 import { drawPredictions } from './visualize.js';
 
 /**
@@ -13,8 +15,14 @@ import { drawPredictions } from './visualize.js';
  * and pushes the finished response to the reply list of the gateway instance that is waiting
  * for it.
  */
+// One drawing uses one core; libvips keeps no cache of decoded images between drawings (each
+// original is drawn once), so its memory goes back once a drawing is done.
+sharp.concurrency(1);
+sharp.cache(false);
+
 runStage(QueueName.post, ({ config, keys, client }) => {
   const models = new ModelDirectory(client, keys);
+  const budget = new PixelBudget(config.post.visualizeMaxPixels);
   return {
     concurrency: config.post.concurrency,
     process: async (job, log) => {
@@ -37,10 +45,13 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         const original = await client.getBuffer(keys.image(job.id));
         if (!original)
           throw new PipelineError(ErrorCode.DATA_EXPIRED, 'the image is no longer in Redis');
-        const drawn = await drawPredictions(original, response.predictions, {
-          ...job.params.visualize,
-          maxPixels: config.pre.maxImagePixels,
-        });
+        const { srcWidth, srcHeight } = job.letterbox;
+        const drawn = await budget.run(srcWidth * srcHeight, () =>
+          drawPredictions(original, response.predictions, {
+            ...job.params.visualize!,
+            maxPixels: config.pre.maxImagePixels,
+          }),
+        );
         response.visualization = drawn.toString('base64');
       }
       await sendResult(

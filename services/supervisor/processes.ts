@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { extname } from 'node:path';
@@ -23,15 +24,41 @@ export function roleCommand(role: Role): { command: string; args: string[] } {
   return { command: process.execPath, args: [...loader, entry] };
 }
 
+/**
+ * Starts one role's process in its own process group (a terminal's Ctrl-C reaches only the
+ * supervisor, which stops the roles in order instead of all at once). The roles that decode
+ * images with sharp get jemalloc preloaded when the machine has it (see allocatorEnv).
+ */
 export function spawnRole(
   role: Role,
   env: NodeJS.ProcessEnv,
   stdio: StdioOptions = 'inherit',
 ): ChildProcess {
   const { command, args } = roleCommand(role);
-  // Own process group: a terminal's Ctrl-C reaches only the supervisor, which stops the roles
-  // in order instead of all at once.
-  return spawn(command, args, { env, stdio, detached: true });
+  const roleEnv = role === 'pre' || role === 'post' ? { ...env, ...allocatorEnv(env) } : env;
+  return spawn(command, args, { env: roleEnv, stdio, detached: true });
+}
+
+/** Where Debian's libjemalloc2 (and most distributions') puts the library. */
+const JEMALLOC_PATHS = [
+  `/usr/lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/libjemalloc.so.2`,
+  '/usr/lib64/libjemalloc.so.2',
+  '/usr/lib/libjemalloc.so.2',
+  '/usr/local/lib/libjemalloc.so.2',
+];
+
+/**
+ * The allocator settings of a process that decodes large images. glibc's malloc keeps the
+ * memory libvips used for a large image long after it is freed (a `post` that drew 50
+ * 16-megapixel images stayed above 1 GiB); jemalloc returns it within seconds. Preloaded when
+ * installed and LD_PRELOAD is not set already; otherwise glibc is told to keep fewer arenas
+ * (MALLOC_ARENA_MAX=2), which halves what it keeps.
+ */
+export function allocatorEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  if (env['LD_PRELOAD'] !== undefined) return {};
+  const jemalloc = JEMALLOC_PATHS.find((p) => existsSync(p));
+  if (jemalloc) return { LD_PRELOAD: jemalloc };
+  return { MALLOC_ARENA_MAX: env['MALLOC_ARENA_MAX'] ?? '2' };
 }
 
 /** A TCP port that was free a moment ago. */
