@@ -3,6 +3,7 @@ import type { DetectionResponse } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { parseLegacyRequest, type LegacyBody } from './legacy-request.js';
 import type { KeyGuard } from './auth.js';
+import { readMultipartImage } from './multipart-image.js';
 import { detectionResponseSchema, errorSchema } from './openapi.js';
 import type { ParsedRequest } from './request.js';
 
@@ -66,13 +67,7 @@ export async function registerLegacyRoute(
 }
 
 async function readBody(req: FastifyRequest): Promise<LegacyBody> {
-  if (req.isMultipart()) {
-    const file = await req.file();
-    if (!file || file.fieldname !== 'file') {
-      throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
-    }
-    return { kind: 'bytes', bytes: await file.toBuffer() };
-  }
+  if (req.isMultipart()) return { kind: 'bytes', bytes: await readMultipartImage(req) };
   const body = req.body;
   if (Buffer.isBuffer(body)) return { kind: 'bytes', bytes: body };
   if (body && typeof body === 'object' && 'base64' in body && typeof body.base64 === 'string')
