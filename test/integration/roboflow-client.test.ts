@@ -3,8 +3,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { Ajv } from 'ajv';
+import addFormatsModule from 'ajv-formats';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { buildTinyDetector } from '../../services/infer/tiny-model/tiny-model.js';
+import { freePort } from '../../services/supervisor/processes.js';
 import { drawImage, type Shape } from '../helpers/images.js';
 import { logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
@@ -172,8 +175,20 @@ describe('GET /info', () => {
       String(info['uuid']),
       /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
     );
+    // The answer is what the API documentation says it is.
+    const doc = (await (await fetch(`${stack.url}/docs/json`)).json()) as {
+      paths: Record<
+        string,
+        { get: { responses: Record<string, { content: Record<string, { schema: object }> }> } }
+      >;
+    };
+    const schema = doc.paths['/info']?.get.responses['200']?.content['application/json']?.schema;
+    assert.ok(schema, '/info is documented');
+    const ajv = new Ajv({ strict: false });
+    (addFormatsModule as unknown as (a: Ajv) => void)(ajv);
+    const validate = ajv.compile(schema);
+    assert.ok(validate(info), JSON.stringify(validate.errors));
     // A second gateway of the same stack, on its own port, gives the same id.
-    const { freePort } = await import('../../services/supervisor/processes.js');
     const port = await freePort();
     const second = stack.add('gateway', { PORT: String(port) });
     try {
