@@ -82,7 +82,8 @@ async function post(path: string, body: string, type: string): Promise<Answer> {
     headers: { 'content-type': type },
     body,
   });
-  return { status: res.status, body: (await res.json()) as unknown };
+  const answer: unknown = await res.json();
+  return { status: res.status, body: answer };
 }
 
 const postJson = (body: unknown) =>
@@ -191,9 +192,9 @@ function assertSameShape(ours: unknown, theirs: unknown, path = ''): void {
   const where = path || '(top)';
   if (Array.isArray(theirs)) {
     assert.ok(Array.isArray(ours), `${where}: a list in Roboflow's answer`);
-    const model = theirs[0];
+    const model: unknown = theirs[0];
     if (model !== undefined)
-      ours.forEach((item, i) => assertSameShape(item, model, `${path}[${i}]`));
+      ours.forEach((item: unknown, i) => assertSameShape(item, model, `${path}[${i}]`));
     return;
   }
   if (theirs !== null && typeof theirs === 'object') {
