@@ -90,13 +90,18 @@ const legacySchema = {
     properties: {
       format: { type: 'string', enum: ['json', 'image', 'image_and_json'], default: 'json' },
       confidence: {
-        type: 'number',
+        anyOf: [{ type: 'number' }, { type: 'string', enum: ['default', 'best'] }],
         default: 40,
-        description: '0..1, or a percentage when 1 or more',
+        description:
+          "0..1, or a percentage when 1 or more; 'default' (40 %) or 'best' (the model's recommended threshold)",
       },
       overlap: { type: 'number', default: 30, description: 'NMS IoU: 0..1, or a percentage' },
       classes: { type: 'string', description: 'Comma-separated class names to keep' },
-      labels: { type: 'boolean', default: false, description: 'Draw labels on the image' },
+      labels: {
+        type: 'boolean',
+        default: false,
+        description: 'Draw labels on the image (true/false, True/False, 1/0, yes/no, on/off)',
+      },
       stroke: { type: 'integer', default: 1, description: 'Box outline width of the image' },
       max_detections: { type: 'integer', default: 300 },
       image: { type: 'string', description: 'URL of the image' },

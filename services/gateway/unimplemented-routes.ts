@@ -1,6 +1,5 @@
 import type { FastifyInstance } from 'fastify';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { errorSchema } from './openapi.js';
 
 /**
  * Roboflow Inference routes this server does not implement (from roboflow/inference's
@@ -84,10 +83,9 @@ export function registerUnimplementedRoutes(app: FastifyInstance): void {
     app.route({
       method: ['GET', 'POST'],
       url: path,
-      schema: {
-        summary: `Roboflow's ${feature} API: not implemented here (501)`,
-        response: { 501: errorSchema },
-      },
+      // Kept out of the API documentation, which lists what the server does; the README
+      // lists these.
+      schema: { hide: true },
       onRequest: (req, _reply, done) => {
         const error = new PipelineError(
           ErrorCode.NOT_IMPLEMENTED,
