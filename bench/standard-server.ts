@@ -1,6 +1,6 @@
 import Fastify from 'fastify';
 import { ErrorCode, HTTP_STATUS, PipelineError } from '../shared/errors.js';
-import { parseJsonRequest, parseQueryRequest } from '../services/gateway/request.js';
+import { parseJsonRequest, parseQueryRequest, resolveParams } from '../services/gateway/request.js';
 import { loadInlineDetector } from './inline-detector.js';
 
 /**
@@ -35,8 +35,9 @@ app.post('/infer/object_detection', async (req) => {
     if (image.kind !== 'bytes')
       throw new PipelineError(ErrorCode.INVALID_REQUEST, 'this server takes image bytes only');
     const { pixels, letterbox } = await detector.pre(image.bytes);
-    const [candidates] = await detector.infer([pixels], [parsed.params]);
-    responses.push(detector.post(candidates!, parsed.params, letterbox, receivedAt));
+    const params = resolveParams(parsed.params, undefined);
+    const [candidates] = await detector.infer([pixels], [params]);
+    responses.push(detector.post(candidates!, params, letterbox, receivedAt));
   }
   return parsed.isList ? responses : responses[0];
 });

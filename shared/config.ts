@@ -35,6 +35,12 @@ const EnvSchema = z.object({
   /** ONNX model file; unset means the project's generated tiny detector. */
   MODEL_PATH: z.string().min(1).optional(),
   MODEL_ID: z.string().min(1).optional(),
+  /**
+   * Keep the one model of MODEL_PATH / MODEL_URL loaded for good: `/model/remove` and
+   * `/model/clear` leave it (409 MODEL_PINNED). Off, it is pre-warmed at start and unloaded
+   * like any other, loading again on its next request.
+   */
+  MODEL_PINNED: z.stringbool().default(false),
   /** Class names file, one per line; used when the model embeds no `names` metadata. */
   CLASS_NAMES: z.string().min(1).optional(),
   /** Output layout of MODEL_PATH; unset detects it from the output shape and metadata. */
@@ -139,6 +145,8 @@ export interface Config {
     executionProvider: 'cpu' | 'cuda' | 'tensorrt';
     modelPath: string | undefined;
     modelId: string;
+    /** Whether the one-model shortcut's model is pinned (MODELS_FILE entries say it themselves). */
+    modelPinned: boolean;
     classNamesPath: string | undefined;
     /** Output layout; undefined detects it (see services/infer/model-layout.ts). */
     layout: ModelLayout | undefined;
@@ -198,6 +206,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       `invalid configuration:\n  ${sources.filter(Boolean).join(', ')}: set only one of them`,
     );
   }
+  if (e.MODELS_FILE && cleaned['MODEL_PINNED'] !== undefined) {
+    throw new ConfigError(
+      'invalid configuration:\n  MODEL_PINNED: pins the one model of MODEL_PATH or MODEL_URL; in MODELS_FILE, give the entry `pinned: true`',
+    );
+  }
   if (e.MODEL_SHA256 && !e.MODEL_URL) {
     throw new ConfigError(
       'invalid configuration:\n  MODEL_SHA256: checks MODEL_URL, which is not set',
@@ -241,6 +254,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       executionProvider: e.EXECUTION_PROVIDER,
       modelPath: e.MODEL_PATH,
       modelId,
+      modelPinned: e.MODEL_PINNED,
       classNamesPath: e.CLASS_NAMES,
       layout: e.MODEL_LAYOUT,
       modelUrl: e.MODEL_URL,

@@ -137,6 +137,12 @@ export interface ModelDescription {
   layout: ModelLayout;
   /** How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest. */
   preprocessing: Preprocessing;
+  /**
+   * The model's recommended confidence threshold, 0..1, from its ONNX metadata entry
+   * `recommended_confidence`; what a request's `confidence: 'best'` means. Null when the model
+   * gives none (absent in descriptions published before it existed).
+   */
+  recommended_confidence?: number | null;
 }
 
 /** A command from the gateway's model routes to the inference process. */

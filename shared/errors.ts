@@ -23,6 +23,7 @@ export const ErrorCode = {
   REQUEST_TIMEOUT: 'REQUEST_TIMEOUT',
   CLIENT_CLOSED: 'CLIENT_CLOSED',
   NOT_FOUND: 'NOT_FOUND',
+  NOT_IMPLEMENTED: 'NOT_IMPLEMENTED',
   INTERNAL: 'INTERNAL',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -51,6 +52,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   // nginx's status for a request the client closed; the client never sees it.
   CLIENT_CLOSED: 499,
   NOT_FOUND: 404,
+  // A Roboflow API route this server does not implement (workflows, classification, CLIP, ...).
+  NOT_IMPLEMENTED: 501,
   INTERNAL: 500,
 };
 

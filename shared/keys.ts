@@ -44,6 +44,11 @@ export class Keys {
     return `${this.prefix}:model-control`;
   }
 
+  /** The stack's id, a UUID that `GET /info` answers (no TTL; written on first use). */
+  serverId(): string {
+    return `${this.prefix}:server-id`;
+  }
+
   /** Heartbeat of one live instance of a role (a `model` heartbeat carries its description). */
   alive(role: string, instanceId: string): string {
     return `${this.prefix}:alive:${role}:${instanceId}`;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { laxBoolean, laxConfidence, laxNumber } from './lax-values.js';
 import { parseImageValue, type ParsedRequest } from './request.js';
 
 /**
@@ -22,9 +23,6 @@ export interface LegacyRequest {
 /** What the route read of the body: a base64 text, raw image bytes, or nothing. */
 export type LegacyBody = { kind: 'base64'; text: string } | { kind: 'bytes'; bytes: Buffer } | null;
 
-const bool = z.enum(['true', 'false']).transform((v) => v === 'true');
-const num = z.coerce.number<string>().refine(Number.isFinite, 'must be a number');
-
 const QuerySchema = z.looseObject({
   format: z
     .enum(['json', 'image', 'image_and_json'], {
@@ -32,17 +30,18 @@ const QuerySchema = z.looseObject({
     })
     .default('json'),
   // Roboflow's hosted API takes a percentage (0..100) where its server takes 0..1: a value of
-  // 1 or more is read as a percentage, as Roboflow's own server does.
-  confidence: num.pipe(z.number().min(0).max(100)).default(40),
-  overlap: num.pipe(z.number().min(0).max(100)).default(30),
+  // 1 or more is read as a percentage, as Roboflow's own server does. 'default' and 'best'
+  // are resolved against the model like the JSON route's.
+  confidence: laxConfidence(100).default(40),
+  overlap: laxNumber(z.number().min(0).max(100)).default(30),
   classes: z.string().optional(),
-  labels: bool.default(false),
-  stroke: num.pipe(z.number().int().min(1).max(100)).default(1),
-  max_detections: num.pipe(z.number().int().min(1).max(100_000)).default(300),
-  max_candidates: num.pipe(z.number().int().min(1).max(1_000_000)).default(3000),
-  class_agnostic_nms: bool.default(false),
-  disable_preproc_auto_orient: bool.default(false),
-  timeout_ms: num.pipe(z.number().int().min(1)).optional(),
+  labels: laxBoolean().default(false),
+  stroke: laxNumber(z.number().int().min(1).max(100)).default(1),
+  max_detections: laxNumber(z.number().int().min(1).max(100_000)).default(300),
+  max_candidates: laxNumber(z.number().int().min(1).max(1_000_000)).default(3000),
+  class_agnostic_nms: laxBoolean().default(false),
+  disable_preproc_auto_orient: laxBoolean().default(false),
+  timeout_ms: laxNumber(z.number().int().min(1)).optional(),
   image: z.string().min(1).optional(),
 });
 
@@ -106,7 +105,7 @@ export function parseLegacyRequest(
       autoOrient: !q.disable_preproc_auto_orient,
       timeoutMs: q.timeout_ms,
       params: {
-        confidence: fraction(q.confidence),
+        confidence: typeof q.confidence === 'number' ? fraction(q.confidence) : q.confidence,
         iouThreshold: fraction(q.overlap),
         classAgnosticNms: q.class_agnostic_nms,
         classFilter: classes.length > 0 ? classes : null,

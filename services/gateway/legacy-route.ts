@@ -3,6 +3,7 @@ import type { DetectionResponse } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { parseLegacyRequest, type LegacyBody } from './legacy-request.js';
 import type { KeyGuard } from './auth.js';
+import { readMultipartImage } from './multipart-image.js';
 import { detectionResponseSchema, errorSchema } from './openapi.js';
 import type { ParsedRequest } from './request.js';
 
@@ -66,13 +67,7 @@ export async function registerLegacyRoute(
 }
 
 async function readBody(req: FastifyRequest): Promise<LegacyBody> {
-  if (req.isMultipart()) {
-    const file = await req.file();
-    if (!file || file.fieldname !== 'file') {
-      throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
-    }
-    return { kind: 'bytes', bytes: await file.toBuffer() };
-  }
+  if (req.isMultipart()) return { kind: 'bytes', bytes: await readMultipartImage(req) };
   const body = req.body;
   if (Buffer.isBuffer(body)) return { kind: 'bytes', bytes: body };
   if (body && typeof body === 'object' && 'base64' in body && typeof body.base64 === 'string')
@@ -95,13 +90,18 @@ const legacySchema = {
     properties: {
       format: { type: 'string', enum: ['json', 'image', 'image_and_json'], default: 'json' },
       confidence: {
-        type: 'number',
+        anyOf: [{ type: 'number' }, { type: 'string', enum: ['default', 'best'] }],
         default: 40,
-        description: '0..1, or a percentage when 1 or more',
+        description:
+          "0..1, or a percentage when 1 or more; 'default' (40 %) or 'best' (the model's recommended threshold)",
       },
       overlap: { type: 'number', default: 30, description: 'NMS IoU: 0..1, or a percentage' },
       classes: { type: 'string', description: 'Comma-separated class names to keep' },
-      labels: { type: 'boolean', default: false, description: 'Draw labels on the image' },
+      labels: {
+        type: 'boolean',
+        default: false,
+        description: 'Draw labels on the image (true/false, True/False, 1/0, yes/no, on/off)',
+      },
       stroke: { type: 'integer', default: 1, description: 'Box outline width of the image' },
       max_detections: { type: 'integer', default: 300 },
       image: { type: 'string', description: 'URL of the image' },

@@ -1,6 +1,7 @@
 import { z } from 'zod';
-import type { DetectionParams } from '../../shared/contracts.js';
+import type { DetectionParams, ModelDescription } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { laxBoolean, laxConfidence, laxNumber, type ConfidenceSetting } from './lax-values.js';
 
 /**
  * Parsing and validation of `POST /infer/object_detection`, as Roboflow's
@@ -9,12 +10,18 @@ import { ErrorCode, PipelineError } from '../../shared/errors.js';
  */
 export type ImageInput = { kind: 'bytes'; bytes: Buffer } | { kind: 'url'; url: string };
 
+/** Detection options as a request gives them: the confidence may still be a keyword. */
+export type RequestParams = Omit<DetectionParams, 'confidence'> & {
+  confidence: ConfidenceSetting;
+};
+
 export interface ParsedRequest {
   images: ImageInput[];
   /** True when the client sent a list, so the response must be a list too. */
   isList: boolean;
   modelId: string | undefined;
-  params: DetectionParams;
+  /** The options; resolveParams turns them into a job's DetectionParams once the model is known. */
+  params: RequestParams;
   autoOrient: boolean;
   /** The client's own deadline in ms, if it asked for one. */
   timeoutMs: number | undefined;
@@ -25,58 +32,44 @@ const ImageSchema = z.looseObject({
   value: z.unknown(),
 });
 
+/** The server's default confidence, what `confidence: 'default'` and an absent one mean. */
+export const DEFAULT_CONFIDENCE = 0.4;
+
 const OptionsSchema = z.looseObject({
   model_id: z
     .string()
     .min(1)
     .optional()
     .describe('Served model; optional when one model is served.'),
-  confidence: z.number().min(0).max(1).default(0.4).describe('Minimum score of a prediction.'),
-  iou_threshold: z
-    .number()
-    .min(0)
-    .max(1)
+  confidence: laxConfidence(1)
+    .default(DEFAULT_CONFIDENCE)
+    .describe(
+      "Minimum score of a prediction, 0..1; 'default' is the server's default (0.4), 'best' the model's recommended threshold.",
+    ),
+  iou_threshold: laxNumber(z.number().min(0).max(1))
     .default(0.3)
     .describe('NMS overlap above which the weaker of two boxes is dropped.'),
-  class_agnostic_nms: z
-    .boolean()
+  class_agnostic_nms: laxBoolean()
     .default(false)
     .describe('Suppress overlapping boxes across classes.'),
   class_filter: z.array(z.string()).nullable().optional().describe('Class names to keep.'),
-  max_detections: z
-    .number()
-    .int()
-    .min(1)
-    .max(100_000)
+  max_detections: laxNumber(z.number().int().min(1).max(100_000))
     .default(300)
     .describe('Boxes kept per image.'),
-  max_candidates: z
-    .number()
-    .int()
-    .min(1)
-    .max(1_000_000)
+  max_candidates: laxNumber(z.number().int().min(1).max(1_000_000))
     .default(3000)
     .describe('Candidates considered by NMS, best first.'),
-  disable_preproc_auto_orient: z.boolean().default(false).describe('Ignore the EXIF orientation.'),
-  timeout_ms: z
-    .number()
-    .int()
-    .min(1)
+  disable_preproc_auto_orient: laxBoolean().default(false).describe('Ignore the EXIF orientation.'),
+  timeout_ms: laxNumber(z.number().int().min(1))
     .optional()
     .describe('A deadline shorter than the server default (REQUEST_TIMEOUT_MS); longer is capped.'),
-  visualize_predictions: z
-    .boolean()
+  visualize_predictions: laxBoolean()
     .default(false)
     .describe('Also return `visualization`: the image with the boxes drawn, base64 JPEG.'),
-  visualization_labels: z
-    .boolean()
+  visualization_labels: laxBoolean()
     .default(true)
     .describe('Draw class names and confidences on the visualization.'),
-  visualization_stroke_width: z
-    .number()
-    .int()
-    .min(1)
-    .max(100)
+  visualization_stroke_width: laxNumber(z.number().int().min(1).max(100))
     .default(1)
     .describe('Box outline width of the visualization, in pixels.'),
 });
@@ -125,22 +118,21 @@ export function parseJsonRequest(body: unknown, maxImages: number): ParsedReques
 
 /**
  * Parses the options of a multipart or raw-image request from its query string, where every
- * value is a string: numbers and booleans are converted, class_filter may be repeated or
+ * value is a string (the schemas read numbers and booleans from text, as for JSON bodies); a
+ * repeated parameter counts once, its last value, except class_filter, which may be repeated or
  * comma-separated.
  */
 export function parseQueryRequest(query: Record<string, unknown>, image: Buffer): ParsedRequest {
   const converted: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(query)) {
     const v = Array.isArray(value) ? (value as unknown[]) : [value];
-    if (key === 'model_id') {
-      converted[key] = String(v[v.length - 1]);
-    } else if (key === 'class_filter') {
+    if (key === 'class_filter') {
       converted[key] = v
         .flatMap((s) => String(s).split(','))
         .map((s) => s.trim())
         .filter(Boolean);
     } else {
-      converted[key] = fromQueryString(String(v[v.length - 1]));
+      converted[key] = String(v[v.length - 1]);
     }
   }
   const parsed = OptionsSchema.safeParse(converted);
@@ -148,6 +140,28 @@ export function parseQueryRequest(query: Record<string, unknown>, image: Buffer)
   if (image.byteLength === 0)
     throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the image is empty');
   return { images: [{ kind: 'bytes', bytes: image }], isList: false, ...options(parsed.data) };
+}
+
+/**
+ * The confidence threshold a setting means for a model: a number as given; `default` the
+ * server's DEFAULT_CONFIDENCE; `best` the model's recommended threshold (its
+ * `recommended_confidence`, from the ONNX metadata) when it has one, else the default.
+ */
+export function resolveConfidence(
+  setting: ConfidenceSetting,
+  model: Pick<ModelDescription, 'recommended_confidence'> | undefined,
+): number {
+  if (typeof setting === 'number') return setting;
+  if (setting === 'best') return model?.recommended_confidence ?? DEFAULT_CONFIDENCE;
+  return DEFAULT_CONFIDENCE;
+}
+
+/** A request's options as a job's DetectionParams, for the model that will run them. */
+export function resolveParams(
+  params: RequestParams,
+  model: Pick<ModelDescription, 'recommended_confidence'> | undefined,
+): DetectionParams {
+  return { ...params, confidence: resolveConfidence(params.confidence, model) };
 }
 
 function options(o: Options): Omit<ParsedRequest, 'images' | 'isList'> {
@@ -233,13 +247,6 @@ export function parseImageValue(
         `${owner}.type '${type}' is not supported; use 'base64' or 'url' (or send the file as multipart or a raw body)`,
       );
   }
-}
-
-function fromQueryString(s: string): unknown {
-  if (s === 'true') return true;
-  if (s === 'false') return false;
-  if (s.trim() !== '' && Number.isFinite(Number(s))) return Number(s);
-  return s;
 }
 
 function invalid(error: z.ZodError): PipelineError {

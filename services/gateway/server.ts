@@ -13,7 +13,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
-import type { ModelDescription, PreJob } from '../../shared/contracts.js';
+import type { DetectionParams, ModelDescription, PreJob } from '../../shared/contracts.js';
 import { withDeadline, withTimeout } from '../../shared/deadline.js';
 import {
   ErrorCode,
@@ -30,7 +30,12 @@ import type { Logger } from '../../shared/logger.js';
 import type { ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
-import { parseJsonRequest, parseQueryRequest, type ParsedRequest } from './request.js';
+import {
+  parseJsonRequest,
+  parseQueryRequest,
+  resolveParams,
+  type ParsedRequest,
+} from './request.js';
 import { Admission } from './admission.js';
 import { StoreMonitor } from './store-monitor.js';
 import { ApiKeys } from './auth.js';
@@ -39,9 +44,12 @@ import { registerDemoPage } from './demo-page.js';
 import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerModelRoutes } from './model-routes.js';
+import { multipartOptions, readMultipartImage } from './multipart-image.js';
 import { registerOpenApi, routeSchemas } from './openapi.js';
 import type { ImageResult, ResultWaiter } from './result-waiter.js';
+import { registerServerInfo } from './server-info.js';
 import { serverTiming } from './server-timing.js';
+import { registerUnimplementedRoutes } from './unimplemented-routes.js';
 
 /**
  * The gateway's HTTP API (Roboflow-compatible): it validates requests, stores uploaded image
@@ -100,13 +108,13 @@ export async function buildServer(deps: GatewayDeps) {
   // Checked once the body is parsed (api_key may be in it); /healthz, /readyz and /docs stay open.
   const needsKey = { preHandler: apiKeys.guard() };
   await registerDashboard(app, deps.queues, config.gateway.queueDashboard, apiKeys.guard());
-  await app.register(multipart, { limits: { fileSize: config.gateway.maxBodyBytes, files: 1 } });
+  await app.register(multipart, multipartOptions(config.gateway.maxBodyBytes));
   // Text bodies are no request this API takes: 415 rather than a confusing 400.
   app.removeContentTypeParser('text/plain');
-  app.addContentTypeParser(
-    /^(image\/.+|application\/octet-stream)$/,
-    { parseAs: 'buffer' },
-    (_req, body, done) => done(null, body),
+  // Fastify tests a pattern against the whole header, parameters included (`; charset=binary`):
+  // the pattern allows parameters after every accepted type alike.
+  app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
   );
 
   const { metrics } = deps;
@@ -202,10 +210,8 @@ export async function buildServer(deps: GatewayDeps) {
         ErrorCode.DEADLINE_EXCEEDED,
         'no result arrived before the request deadline',
       );
-    const modelId = resolveModelId(
-      parsed.modelId,
-      await withDeadline(models.all(), deadline, late),
-    );
+    const served = await withDeadline(models.all(), deadline, late);
+    const modelId = resolveModelId(parsed.modelId, served);
     metrics.imagesPerRequest.observe(parsed.images.length);
     // A client that goes away stops the work still ahead for its images.
     const abandoned = new AbortController();
@@ -214,6 +220,7 @@ export async function buildServer(deps: GatewayDeps) {
     });
     return runPipeline(deps, parsed, {
       modelId,
+      params: resolveParams(parsed.params, served.get(modelId)),
       receivedAt,
       deadline,
       onIds: (ids) => inferenceIds.set(req, ids),
@@ -248,6 +255,9 @@ export async function buildServer(deps: GatewayDeps) {
     timeoutMs: config.requestTimeoutMs,
   });
 
+  registerServerInfo(app, { redis, keys });
+  registerUnimplementedRoutes(app);
+
   app.get('/healthz', () => ({ status: 'ok' }));
 
   app.get('/readyz', async (_req, reply) => {
@@ -268,21 +278,12 @@ export async function buildServer(deps: GatewayDeps) {
   return app;
 }
 
+/** Raw image bodies: `image/*` and `application/octet-stream`, with or without parameters. */
+const RAW_IMAGE_TYPES = /^(?:image\/[^\s;]+|application\/octet-stream)\s*(?:;.*)?$/i;
+
 async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise<ParsedRequest> {
   const query = req.query as Record<string, unknown>;
-  if (req.isMultipart()) {
-    const file = await req.file();
-    if (!file)
-      throw new PipelineError(ErrorCode.INVALID_REQUEST, "multipart body has no part named 'file'");
-    if (file.fieldname !== 'file') {
-      throw new PipelineError(
-        ErrorCode.INVALID_REQUEST,
-        `multipart part '${file.fieldname}' is not 'file'`,
-      );
-    }
-    const bytes = await file.toBuffer();
-    return parseQueryRequest(query, bytes);
-  }
+  if (req.isMultipart()) return parseQueryRequest(query, await readMultipartImage(req));
   if (Buffer.isBuffer(req.body)) return parseQueryRequest(query, req.body);
   return parseJsonRequest(req.body, maxImages);
 }
@@ -312,6 +313,8 @@ function resolveModelId(
 
 interface PipelineRun {
   modelId: string;
+  /** The request's detection options, with `default`/`best` resolved for the model. */
+  params: DetectionParams;
   /** Epoch ms when the request arrived. */
   receivedAt: number;
   /** Epoch ms by which the request is answered, whatever Redis and the stages do. */
@@ -338,7 +341,7 @@ async function runPipeline(
   const jobs: PreJob[] = parsed.images.map((img) => ({
     id: randomUUID(),
     modelId,
-    params: parsed.params,
+    params: run.params,
     replyTo: deps.gatewayId,
     receivedAt,
     deadline,

@@ -8,7 +8,11 @@ import {
   type ModelLayout,
   type Preprocessing,
 } from '../../shared/model-layout.js';
-import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
+import {
+  parseClassNames,
+  parseRecommendedConfidence,
+  readOnnxMetadata,
+} from '../../shared/onnx/model-metadata.js';
 import { detectLayout, LayoutError, type DetectedLayout } from './model-layout.js';
 import type { CandidateFilter } from './output-decoder.js';
 import {
@@ -153,6 +157,7 @@ export class OnnxModel {
       pinned: false,
       layout: detected.layout,
       preprocessing,
+      recommended_confidence: parseRecommendedConfidence(metadata),
     };
     return new OnnxModel(thread, description, fixedBatch, info.loadMs + warmupMs, detected.source);
   }

@@ -152,7 +152,9 @@ export async function loadModelSpecs(infer: Config['infer']): Promise<ModelSpec[
       ...(infer.classNamesPath ? { classNamesPath: infer.classNamesPath } : {}),
       ...(infer.layout ? { layout: infer.layout } : {}),
       maxBatchSize: infer.maxBatchSize,
-      pinned: true,
+      // As in Roboflow's server, the one model can be unloaded (it loads again on its next
+      // request) unless MODEL_PINNED says otherwise; it is pre-warmed either way.
+      pinned: infer.modelPinned,
       preload: true,
     },
   ];

@@ -137,3 +137,18 @@ export function parseClassNames(namesValue: string): string[] | undefined {
   }
   return names;
 }
+
+/** The metadata entry that gives a model's recommended confidence threshold. */
+export const RECOMMENDED_CONFIDENCE_KEY = 'recommended_confidence';
+
+/**
+ * The recommended confidence threshold from a model's metadata (`recommended_confidence`, a
+ * decimal number in 0..1, e.g. `'0.35'`). Returns null when the entry is absent or is not such
+ * a number: the request then falls back to the server's default.
+ */
+export function parseRecommendedConfidence(metadata: Record<string, string>): number | null {
+  const text = metadata[RECOMMENDED_CONFIDENCE_KEY]?.trim();
+  if (text === undefined || text === '') return null;
+  const value = Number(text);
+  return Number.isFinite(value) && value >= 0 && value <= 1 ? value : null;
+}

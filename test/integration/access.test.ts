@@ -78,6 +78,29 @@ test('API keys: required on inference and admin routes, accepted from body, quer
   for (const key of [...INLINE, FROM_FILE]) assert.ok(!logs.includes(key), 'an API key was logged');
 });
 
+test("inference-sdk's model calls: /model/remove and /model/clear need the key, which the client sends only as a header", async () => {
+  // What inference-sdk sends for unload_model / unload_all_models with its default
+  // api_key_transport: a JSON body with model_id alone, and no body at all.
+  const remove = (headers: Record<string, string> = {}) =>
+    call('/model/remove', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ model_id: 'tiny-shapes' }),
+    });
+  const clear = (headers: Record<string, string> = {}) =>
+    call('/model/clear', { method: 'POST', headers });
+  assert.equal((await remove()).status, 401);
+  assert.equal((await clear()).status, 401);
+  // With api_key_transport="header" (or "both"): Authorization: Bearer <key>.
+  const bearer = { authorization: `Bearer ${INLINE[0]}` };
+  const removed = await remove(bearer);
+  assert.equal(removed.status, 200, removed.text);
+  assert.equal((await clear(bearer)).status, 200);
+  // get_server_info() sends no key, as Roboflow's /info needs none.
+  const info = await call('/info');
+  assert.equal(info.status, 200, info.text);
+});
+
 test('ALLOW_URL_INPUT=false refuses image URLs at the gateway', async () => {
   const res = await fetch(`${stack.url}/infer/object_detection`, {
     method: 'POST',

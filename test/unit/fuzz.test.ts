@@ -2,7 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import sharp from 'sharp';
-import { parseJsonRequest, parseQueryRequest } from '../../services/gateway/request.js';
+import {
+  parseJsonRequest,
+  parseQueryRequest,
+  resolveConfidence,
+} from '../../services/gateway/request.js';
 import { letterboxImage } from '../../services/pre/preprocess.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { computeLetterbox, letterboxPadding, unletterboxBox } from '../../shared/letterbox.js';
@@ -73,7 +77,8 @@ void test('parseJsonRequest: a valid request or INVALID_REQUEST, for any JSON', 
         const parsed = parseJsonRequest(b, 4);
         assert.ok(parsed.images.length >= 1 && parsed.images.length <= 4);
         const p = parsed.params;
-        assert.ok(p.confidence >= 0 && p.confidence <= 1);
+        const confidence = resolveConfidence(p.confidence, undefined);
+        assert.ok(confidence >= 0 && confidence <= 1);
         assert.ok(p.iouThreshold >= 0 && p.iouThreshold <= 1);
         assert.ok(Number.isInteger(p.maxDetections) && p.maxDetections >= 1);
         for (const img of parsed.images) {
@@ -107,7 +112,8 @@ void test('parseQueryRequest: a valid request or INVALID_REQUEST, for any query 
         try {
           const parsed = parseQueryRequest(query, Buffer.from(bytes));
           assert.equal(parsed.images.length, 1);
-          assert.ok(parsed.params.confidence >= 0 && parsed.params.confidence <= 1);
+          const confidence = resolveConfidence(parsed.params.confidence, undefined);
+          assert.ok(confidence >= 0 && confidence <= 1);
         } catch (err) {
           expectInputError(err, new Set([ErrorCode.INVALID_REQUEST]));
         }

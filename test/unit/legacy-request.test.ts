@@ -73,7 +73,8 @@ test('bad parameters and missing or doubled images are INVALID_REQUEST naming th
     [{ confidence: '101' }, body, /confidence/],
     [{ overlap: '-1' }, body, /overlap/],
     [{ stroke: '1.5' }, body, /stroke/],
-    [{ labels: 'yes' }, body, /labels/],
+    [{ labels: 'maybe' }, body, /labels: expected a boolean/],
+    [{ confidence: 'better' }, body, /confidence/],
     [{ max_detections: 'x' }, body, /max_detections/],
     [{}, { kind: 'base64', text: '%%%' }, /base64/],
     [{}, { kind: 'bytes', bytes: Buffer.alloc(0) }, /empty/],
@@ -85,5 +86,36 @@ test('bad parameters and missing or doubled images are INVALID_REQUEST naming th
         err instanceof PipelineError && err.code === 'INVALID_REQUEST' && message.test(err.message),
       JSON.stringify(query),
     );
+  }
+});
+
+test("Python's booleans (labels=True, =1, =False) and the confidence keywords", () => {
+  for (const [v, want] of [
+    ['True', true],
+    ['1', true],
+    ['yes', true],
+    ['ON', true],
+    ['False', false],
+    ['0', false],
+    ['no', false],
+    ['off', false],
+  ] as const) {
+    const { parsed } = parseLegacyRequest(
+      'm/1',
+      {
+        format: 'image',
+        labels: v,
+        class_agnostic_nms: v,
+        disable_preproc_auto_orient: v,
+      },
+      body,
+    );
+    assert.equal(parsed.params.visualize?.labels, want, v);
+    assert.equal(parsed.params.classAgnosticNms, want, v);
+    assert.equal(parsed.autoOrient, !want, v);
+  }
+  for (const keyword of ['best', 'default'] as const) {
+    const { parsed } = parseLegacyRequest('m/1', { confidence: keyword }, body);
+    assert.equal(parsed.params.confidence, keyword);
   }
 });

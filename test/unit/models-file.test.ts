@@ -97,12 +97,33 @@ describe('models file', () => {
     );
   });
 
-  test('the one-model shortcut: MODEL_URL gives one pinned model named after the file', async () => {
+  test('the one-model shortcut: MODEL_URL gives one pre-warmed model named after the file', async () => {
     const config = loadConfig({ MODEL_URL: 'https://h.example/det/yolo-people.onnx?token=x' });
     const specs = await loadModelSpecs(config.infer);
+    // Not pinned, as in Roboflow's server: /model/remove unloads it, its next request loads it.
     assert.deepEqual(
-      specs.map((s) => [s.id, s.source.kind, s.pinned]),
-      [['yolo-people', 'url', true]],
+      specs.map((s) => [s.id, s.source.kind, s.pinned, s.preload]),
+      [['yolo-people', 'url', false, true]],
+    );
+  });
+
+  test('MODEL_PINNED pins the one model; with a models file it is an error', async () => {
+    for (const [env, pinned] of [
+      [{ MODEL_PATH: '/m/a.onnx', MODEL_PINNED: 'true' }, true],
+      [{ MODEL_PATH: '/m/a.onnx', MODEL_PINNED: 'false' }, false],
+      [{ MODEL_PINNED: 'yes' }, true],
+      [{}, false],
+    ] as const) {
+      const specs = await loadModelSpecs(loadConfig(env).infer);
+      assert.deepEqual(
+        specs.map((s) => [s.pinned, s.preload]),
+        [[pinned, true]],
+        JSON.stringify(env),
+      );
+    }
+    assert.throws(
+      () => loadConfig({ MODELS_FILE: 'm.yaml', MODEL_PINNED: 'true' }),
+      /MODEL_PINNED: .*pinned: true/,
     );
   });
 

@@ -10,7 +10,12 @@ import {
   decodeString,
   readFields,
 } from '../../shared/onnx/protobuf.js';
-import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
+import {
+  parseClassNames,
+  parseRecommendedConfidence,
+  readOnnxMetadata,
+} from '../../shared/onnx/model-metadata.js';
+import { buildTinyDetector } from '../../services/infer/tiny-model/tiny-model.js';
 import { DataType, attrInt, encodeModel } from '../../services/infer/tiny-model/onnx-builder.js';
 
 // Shared model files live next to the repository (/work/shared/models), never inside it.
@@ -146,4 +151,17 @@ void test('readOnnxMetadata: real Ultralytics and YOLOX files', async (t) => {
   assert.equal(names[79], 'toothbrush');
 
   assert.deepEqual(readOnnxMetadata(await readFile(`${MODELS_DIR}yolox_nano.onnx`)), {});
+});
+
+void test('recommended_confidence: a number in 0..1, else none', () => {
+  assert.equal(parseRecommendedConfidence({ recommended_confidence: '0.35' }), 0.35);
+  assert.equal(parseRecommendedConfidence({ recommended_confidence: ' 1 ' }), 1);
+  for (const bad of ['', 'high', '1.5', '-0.1', 'NaN'])
+    assert.equal(parseRecommendedConfidence({ recommended_confidence: bad }), null, bad);
+  assert.equal(parseRecommendedConfidence({ names: "{0: 'a'}" }), null);
+});
+
+void test('the tiny model writes extra metadata entries, which the reader finds', () => {
+  const bytes = buildTinyDetector({ extraMetadata: { recommended_confidence: '0.5' } });
+  assert.equal(readOnnxMetadata(bytes)['recommended_confidence'], '0.5');
 });

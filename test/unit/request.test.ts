@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseJsonRequest, parseQueryRequest } from '../../services/gateway/request.js';
+import {
+  DEFAULT_CONFIDENCE,
+  parseJsonRequest,
+  parseQueryRequest,
+  resolveConfidence,
+  resolveParams,
+} from '../../services/gateway/request.js';
 import type { ImageInput, ParsedRequest } from '../../services/gateway/request.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 
@@ -180,13 +186,13 @@ void test('parseJsonRequest: empty list and too many images are rejected', () =>
 });
 
 void test('parseJsonRequest: bad numeric options are rejected', () => {
-  for (const confidence of [1.5, -0.1, '0.5', null, Number.NaN]) {
+  for (const confidence of [1.5, -0.1, '1.5', '', 'high', 'Best', null, Number.NaN]) {
     assertInvalid(() => parseJsonRequest({ image: img(), confidence }, MAX), /confidence/);
   }
   assertInvalid(() => parseJsonRequest({ image: img(), iou_threshold: 2 }, MAX), /iou_threshold/);
   assertInvalid(() => parseJsonRequest({ image: img(), max_detections: 0 }, MAX));
   assertInvalid(() => parseJsonRequest({ image: img(), max_detections: 2.5 }, MAX));
-  assertInvalid(() => parseJsonRequest({ image: img(), max_candidates: '10' }, MAX));
+  assertInvalid(() => parseJsonRequest({ image: img(), max_candidates: '10.5' }, MAX));
   // The bounds themselves are valid.
   assert.equal(parseJsonRequest({ image: img(), confidence: 0 }, MAX).params.confidence, 0);
   assert.equal(parseJsonRequest({ image: img(), confidence: 1 }, MAX).params.confidence, 1);
@@ -194,11 +200,12 @@ void test('parseJsonRequest: bad numeric options are rejected', () => {
 
 void test('parseJsonRequest: wrong types for booleans and class_filter are rejected', () => {
   assertInvalid(
-    () => parseJsonRequest({ image: img(), class_agnostic_nms: 'true' }, MAX),
-    /class_agnostic_nms/,
+    () => parseJsonRequest({ image: img(), class_agnostic_nms: 'maybe' }, MAX),
+    /class_agnostic_nms: expected a boolean/,
   );
-  assertInvalid(() => parseJsonRequest({ image: img(), class_agnostic_nms: 1 }, MAX));
-  assertInvalid(() => parseJsonRequest({ image: img(), disable_preproc_auto_orient: 'no' }, MAX));
+  assertInvalid(() => parseJsonRequest({ image: img(), class_agnostic_nms: 2 }, MAX));
+  assertInvalid(() => parseJsonRequest({ image: img(), class_agnostic_nms: '' }, MAX));
+  assertInvalid(() => parseJsonRequest({ image: img(), disable_preproc_auto_orient: [] }, MAX));
   assertInvalid(() => parseJsonRequest({ image: img(), class_filter: 'person' }, MAX));
   assertInvalid(() => parseJsonRequest({ image: img(), class_filter: [1, 2] }, MAX));
   assertInvalid(() => parseJsonRequest({ image: img(), model_id: '' }, MAX));
@@ -314,8 +321,79 @@ void test('parseQueryRequest: bad numbers and booleans are rejected', () => {
   assertInvalid(() => parseQueryRequest({ confidence: '-0.1' }, BYTES), /confidence/);
   assertInvalid(() => parseQueryRequest({ max_detections: '2.5' }, BYTES), /max_detections/);
   assertInvalid(() => parseQueryRequest({ max_detections: 'Infinity' }, BYTES));
-  assertInvalid(() => parseQueryRequest({ class_agnostic_nms: 'yes' }, BYTES));
-  assertInvalid(() => parseQueryRequest({ class_agnostic_nms: '1' }, BYTES));
+  assertInvalid(() => parseQueryRequest({ class_agnostic_nms: 'maybe' }, BYTES));
+  assertInvalid(() => parseQueryRequest({ class_agnostic_nms: '2' }, BYTES));
+  assertInvalid(() => parseQueryRequest({ confidence: 'BEST' }, BYTES), /'default' or 'best'/);
+});
+
+void test("booleans in Roboflow's spellings, in the query and in JSON, any case", () => {
+  const truths = ['true', 'True', 'TRUE', '1', 'yes', 'Yes', 'on', 'ON', 't', 'y', ' true '];
+  const lies = ['false', 'False', 'FALSE', '0', 'no', 'NO', 'off', 'Off', 'f', 'n'];
+  for (const [spellings, want] of [
+    [truths, true],
+    [lies, false],
+  ] as const) {
+    for (const v of spellings) {
+      const q = parseQueryRequest({ class_agnostic_nms: v, disable_preproc_auto_orient: v }, BYTES);
+      assert.equal(q.params.classAgnosticNms, want, v);
+      assert.equal(q.autoOrient, !want, v);
+      const j = parseJsonRequest(
+        { image: img(), class_agnostic_nms: v, visualize_predictions: v },
+        MAX,
+      );
+      assert.equal(j.params.classAgnosticNms, want, v);
+      assert.equal(j.params.visualize !== undefined, want, v);
+    }
+  }
+  // JSON's own booleans and the numbers 1 and 0.
+  assert.equal(
+    parseJsonRequest({ image: img(), class_agnostic_nms: 1 }, MAX).params.classAgnosticNms,
+    true,
+  );
+  assert.equal(
+    parseJsonRequest({ image: img(), class_agnostic_nms: 0 }, MAX).params.classAgnosticNms,
+    false,
+  );
+});
+
+void test('numbers as strings, as pydantic reads them', () => {
+  const p = parseJsonRequest(
+    {
+      image: img(),
+      confidence: '0.5',
+      iou_threshold: ' 0.25 ',
+      max_detections: '7',
+      max_candidates: '100',
+      visualization_stroke_width: '3',
+      visualize_predictions: true,
+      timeout_ms: '2000',
+    },
+    MAX,
+  );
+  assert.equal(p.params.confidence, 0.5);
+  assert.equal(p.params.iouThreshold, 0.25);
+  assert.equal(p.params.maxDetections, 7);
+  assert.equal(p.params.maxCandidates, 100);
+  assert.equal(p.params.visualize?.strokeWidth, 3);
+  assert.equal(p.timeoutMs, 2000);
+});
+
+void test("confidence 'default' and 'best' resolve against the model", () => {
+  for (const confidence of ['default', 'best'] as const) {
+    assert.equal(parseJsonRequest({ image: img(), confidence }, MAX).params.confidence, confidence);
+    assert.equal(parseQueryRequest({ confidence }, BYTES).params.confidence, confidence);
+  }
+  const withBest = { recommended_confidence: 0.62 };
+  const without = { recommended_confidence: null };
+  assert.equal(resolveConfidence('default', withBest), DEFAULT_CONFIDENCE);
+  assert.equal(resolveConfidence('best', withBest), 0.62);
+  assert.equal(resolveConfidence('best', without), DEFAULT_CONFIDENCE);
+  assert.equal(resolveConfidence('best', {}), DEFAULT_CONFIDENCE);
+  assert.equal(resolveConfidence('best', undefined), DEFAULT_CONFIDENCE);
+  assert.equal(resolveConfidence(0.3, withBest), 0.3);
+  const parsed = parseJsonRequest({ image: img(), confidence: 'best' }, MAX);
+  assert.equal(resolveParams(parsed.params, withBest).confidence, 0.62);
+  assert.equal(DEFAULT_CONFIDENCE, parseJsonRequest({ image: img() }, MAX).params.confidence);
 });
 
 void test('parseQueryRequest: an empty image buffer is rejected', () => {

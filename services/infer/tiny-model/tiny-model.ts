@@ -68,6 +68,8 @@ export interface TinyDetectorOptions {
   layout?: 'yolov8' | 'yolov5' | 'end2end';
   /** Write the `layout` metadata entry. Default true. */
   layoutMetadata?: boolean;
+  /** More metadata_props entries (e.g. `recommended_confidence`), written after the others. */
+  extraMetadata?: Readonly<Record<string, string>>;
 }
 
 /** Builds the tiny detector described above and returns the serialized ONNX ModelProto. */
@@ -227,6 +229,7 @@ export function buildTinyDetector(options: TinyDetectorOptions = {}): Uint8Array
       imgsz: `[${S}, ${S}]`,
       names,
       ...(options.layoutMetadata === false ? {} : { layout }),
+      ...options.extraMetadata,
     },
   });
 }
