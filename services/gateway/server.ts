@@ -92,6 +92,9 @@ export async function buildServer(deps: GatewayDeps) {
       connectionsCheckingInterval: 1000,
     },
     clientErrorHandler: clientError,
+    // A backstop for every route: none answers later than REQUEST_TIMEOUT_MS (and a second)
+    // after it arrived, whatever Redis does. The inference routes keep their own, exact deadline.
+    handlerTimeout: config.requestTimeoutMs + 1000,
     // Requests that arrive while draining get this API's 503 (the onRequest hook below).
     return503OnClosing: false,
     // One line per request is logged by the onResponse hook below, with its inference ids.
@@ -426,6 +429,8 @@ function toHttpError(err: FastifyError): ErrorBody {
   if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
   if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
   if (status === 408) return { code: ErrorCode.REQUEST_TIMEOUT, message: err.message };
+  if (err.code === 'FST_ERR_HANDLER_TIMEOUT')
+    return { code: ErrorCode.DEADLINE_EXCEEDED, message: 'no answer within the request timeout' };
   if (status >= 400 && status < 500)
     return { code: ErrorCode.INVALID_REQUEST, message: err.message };
   const body = toErrorBody(err);

@@ -108,6 +108,34 @@ for (const how of ['CLIENT PAUSE', 'SIGSTOP'] as const) {
   });
 }
 
+test('every other route answers within REQUEST_TIMEOUT_MS while Redis is stopped', async () => {
+  await untilServing();
+  const pid = await redisPid();
+  process.kill(pid, 'SIGSTOP');
+  try {
+    const paths = ['/models', '/model/registry', '/info', '/metrics', '/readyz', '/healthz'];
+    const answers = await Promise.all(
+      paths.map(async (path) => {
+        const started = Date.now();
+        const res = await fetch(`${stack.url}${path}`);
+        const text = await res.text();
+        return { path, status: res.status, text, ms: Date.now() - started };
+      }),
+    );
+    for (const a of answers) {
+      // REQUEST_TIMEOUT_MS is 6000 in this suite.
+      assert.ok(a.ms < 7500, `${a.path} answered after ${a.ms} ms`);
+      if (a.status >= 400) {
+        const body = JSON.parse(a.text) as { code?: string; message?: string };
+        assert.ok(body.code && body.message, `${a.path}: ${a.text}`);
+      }
+    }
+  } finally {
+    process.kill(pid, 'SIGCONT');
+  }
+  await untilServing();
+});
+
 test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, never 500; small requests still pass', async () => {
   await untilServing();
   const used = Number(/^used_memory:(\d+)/m.exec(await redis.client.info('memory'))?.[1]);
