@@ -1,6 +1,4 @@
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse } from '../../shared/contracts.js';
@@ -133,41 +131,16 @@ describe('bad input gets a clear 4xx', () => {
   });
 });
 
-describe('image URLs cannot reach inside the network', () => {
-  test('loopback, private, link-local and metadata addresses are refused, by name or by address', async () => {
-    const local = createServer((_req, res) =>
-      res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(10)),
-    );
-    await new Promise<void>((r) => local.listen(0, '127.0.0.1', r));
-    const port = (local.address() as AddressInfo).port;
-    try {
-      for (const url of [
-        `http://127.0.0.1:${port}/a.png`,
-        `http://localhost:${port}/a.png`,
-        'http://169.254.169.254/latest/meta-data/',
-        'http://10.0.0.1/a.png',
-        'http://[::1]/a.png',
-        'http://[::ffff:127.0.0.1]/a.png',
-      ]) {
-        const res = await postJson(stack, '/infer/object_detection', {
-          image: { type: 'url', value: url },
-        });
-        assertError(res, 400, 'IMAGE_FETCH_FAILED');
-        assert.match(
-          (res.body as { message: string }).message,
-          /private, loopback or link-local/,
-          url,
-        );
-      }
-      for (const value of ['file:///etc/passwd', 'ftp://example.com/a.png', 'not a url']) {
-        assertError(
-          await postJson(stack, '/infer/object_detection', { image: { type: 'url', value } }),
-          400,
-          'INVALID_REQUEST',
-        );
-      }
-    } finally {
-      local.close();
+describe('image URLs that are not http(s) URLs', () => {
+  // Which addresses a URL may reach is tested in a network namespace with only loopback
+  // (url-guard-netns.test.ts), so that a guard that let one through reaches nothing.
+  test('are refused before anything is fetched', async () => {
+    for (const value of ['file:///etc/passwd', 'ftp://example.com/a.png', 'not a url']) {
+      assertError(
+        await postJson(stack, '/infer/object_detection', { image: { type: 'url', value } }),
+        400,
+        'INVALID_REQUEST',
+      );
     }
   });
 });
