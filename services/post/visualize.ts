@@ -1,6 +1,7 @@
 import sharp from 'sharp';
 import type { Prediction } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { openImage } from '../../shared/image-decoder.js';
 import { boxColour } from '../../shared/palette.js';
 
 /**
@@ -26,10 +27,13 @@ export async function drawPredictions(
   opts: DrawOptions,
 ): Promise<Buffer> {
   try {
-    // Decode (and orient) first, so the overlay is composited on the image as the boxes saw it.
-    let decoded = sharp(bytes, { limitInputPixels: opts.maxPixels });
-    if (opts.autoOrient) decoded = decoded.rotate();
-    const { data, info } = await decoded
+    // Decode (and orient) first, as `pre` did (same decoder), so the overlay is composited on
+    // the image as the boxes saw it. SVG passed `pre`'s check already.
+    const { image } = await openImage(bytes, opts.autoOrient, {
+      maxPixels: opts.maxPixels,
+      allowSvg: true,
+    });
+    const { data, info } = await image
       .removeAlpha()
       .toColourspace('srgb')
       .raw({ depth: 'uchar' })
