@@ -38,3 +38,27 @@ export function requireImageMagick(t: TestContext, format?: string): string | nu
 export function magick(bin: string, args: readonly string[], input?: Buffer): Buffer {
   return execFileSync(bin, args, { input, maxBuffer: 256 * 1024 * 1024, timeout: 60_000 });
 }
+
+/**
+ * CMYK JPEGs of RGB pixels (width × height × 3) as Pillow writes them (`convert('CMYK')`:
+ * C = 255 − R, M = 255 − G, Y = 255 − B, K = 0; Adobe-inverted with an APP14 marker) and as
+ * ImageMagick's `-colorspace CMYK` does (black taken out), both without a colour profile,
+ * quality 95.
+ */
+export function cmykJpegs(
+  bin: string,
+  rgb: Buffer,
+  width: number,
+  height: number,
+): Array<[style: string, jpeg: Buffer]> {
+  const ink = Buffer.alloc(width * height * 4);
+  for (let i = 0, o = 0; i < rgb.length; i += 3, o += 4)
+    ink.set([255 - rgb[i]!, 255 - rgb[i + 1]!, 255 - rgb[i + 2]!, 0], o);
+  const size = `${width}x${height}`;
+  const png = magick(bin, ['-size', size, '-depth', '8', 'rgb:-', 'png:-'], rgb);
+  const jpeg = ['-quality', '95', 'jpeg:-'];
+  return [
+    ['Pillow-style', magick(bin, ['-size', size, '-depth', '8', 'cmyk:-', ...jpeg], ink)],
+    ['ImageMagick -colorspace CMYK', magick(bin, ['png:-', '-colorspace', 'CMYK', ...jpeg], png)],
+  ];
+}

@@ -12,7 +12,7 @@ import {
   pngDeclaring,
 } from '../helpers/image-files.js';
 import { drawPixels, type Shape } from '../helpers/images.js';
-import { magick, requireImageMagick } from '../helpers/imagemagick.js';
+import { cmykJpegs, magick, requireImageMagick } from '../helpers/imagemagick.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 
 /**
@@ -216,34 +216,6 @@ describe('CMYK', () => {
     // A fifth band (alpha) is dropped.
     assert.deepEqual([...cmykToRgb(Buffer.from([0, 255, 255, 0, 9]), 5)], [255, 0, 0]);
   });
-
-  /**
-   * CMYK JPEGs of an RGB image as Pillow writes them (`convert('CMYK')`: C = 255 − R, K = 0;
-   * Adobe-inverted with an APP14 marker) and as ImageMagick's `-colorspace CMYK` does (K taken
-   * out), both without a colour profile, quality 95.
-   */
-  function cmykJpegs(
-    im: string,
-    rgb: Buffer,
-    width: number,
-    height: number,
-  ): Array<[string, Buffer]> {
-    const ink = Buffer.alloc(width * height * 4);
-    for (let i = 0, o = 0; i < rgb.length; i += 3, o += 4)
-      ink.set([255 - rgb[i]!, 255 - rgb[i + 1]!, 255 - rgb[i + 2]!, 0], o);
-    const size = `${width}x${height}`;
-    const rgbFile = magick(im, ['-size', size, '-depth', '8', 'rgb:-', 'png:-'], rgb);
-    return [
-      [
-        'Pillow-style',
-        magick(im, ['-size', size, '-depth', '8', 'cmyk:-', '-quality', '95', 'jpeg:-'], ink),
-      ],
-      [
-        'ImageMagick -colorspace CMYK',
-        magick(im, ['png:-', '-colorspace', 'CMYK', '-quality', '95', 'jpeg:-'], rgbFile),
-      ],
-    ];
-  }
 
   async function checkColours(
     t: TestContext,
