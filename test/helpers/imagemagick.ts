@@ -1,5 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import type { TestContext } from 'node:test';
+import { inCi } from './shared-data.js';
 
 /**
  * ImageMagick, for test images that sharp cannot write (CMYK JPEGs as Pillow and ImageMagick
@@ -29,7 +30,7 @@ export function requireImageMagick(t: TestContext, format?: string): string | nu
     if (!line || !/\srw/.test(line)) missing = `ImageMagick that writes ${format}`;
   }
   if (!missing) return found;
-  if (process.env['CI'] === 'true') throw new Error(`${missing} is missing, and CI needs it`);
+  if (inCi()) throw new Error(`${missing} is missing, and CI needs it`);
   t.skip(`${missing} is not installed on this machine`);
   return null;
 }
