@@ -1,6 +1,6 @@
-import sharp from 'sharp';
 import type { Prediction } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { openImage } from '../../shared/image-decoder.js';
 import { boxColour } from '../../shared/palette.js';
 
 /**
@@ -34,17 +34,14 @@ export async function drawPredictions(
   opts: DrawOptions,
 ): Promise<Buffer> {
   try {
-    const image = sharp(bytes, { limitInputPixels: opts.maxPixels });
-    const meta = await image.metadata();
-    // EXIF orientations 5–8 swap width and height once applied.
-    const swapped = opts.autoOrient && (meta.orientation ?? 1) >= 5;
-    const width = swapped ? meta.height : meta.width;
-    const height = swapped ? meta.width : meta.height;
-    if (!width || !height) throw new Error('the image has no size');
+    // Decoded (and oriented) as `pre` did (the same decoder), so the overlay lies on the image
+    // as the boxes saw it; composited in the same pipeline. SVG passed `pre`'s check already.
+    const { image, width, height } = await openImage(bytes, opts.autoOrient, {
+      maxPixels: opts.maxPixels,
+      allowSvg: true,
+    });
     const overlay = Buffer.from(overlaySvg(width, height, predictions, opts));
-    // Orientation first, so the overlay lies on the image as the boxes saw it.
-    const oriented = opts.autoOrient ? image.rotate() : image;
-    return await oriented
+    return await image
       .removeAlpha()
       .toColourspace('srgb')
       .composite([{ input: overlay, left: 0, top: 0 }])

@@ -1,4 +1,4 @@
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { lookup as dnsLookup, type LookupAddress, type LookupAllOptions } from 'node:dns';
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
@@ -63,7 +63,7 @@ export async function fetchImage(
     own < deadline
       ? `the download took longer than ${policy.totalTimeoutMs} ms`
       : 'the download did not finish before the request deadline';
-  let current = new URL(url);
+  let current = parseUrl(url, undefined, fail);
   for (let redirects = 0; ; redirects++) {
     if (current.protocol !== 'http:' && current.protocol !== 'https:')
       throw fail('only http and https URLs are fetched');
@@ -82,7 +82,7 @@ export async function fetchImage(
       res.resume();
       if (redirects >= policy.maxRedirects)
         throw fail(`more than ${policy.maxRedirects} redirects`);
-      current = new URL(res.headers.location, current);
+      current = parseUrl(res.headers.location, current, fail);
       continue;
     }
     if (status !== 200) {
@@ -112,6 +112,15 @@ export async function fetchImage(
     }
     if (total === 0) throw fail('the response body is empty');
     return Buffer.concat(chunks);
+  }
+}
+
+/** The URL, or IMAGE_FETCH_FAILED when it is not one (a redirect's Location can be anything). */
+function parseUrl(text: string, base: URL | undefined, fail: (why: string) => PipelineError): URL {
+  try {
+    return new URL(text, base);
+  } catch {
+    throw fail(`${JSON.stringify(text.slice(0, 200))} is not a valid URL`);
   }
 }
 
@@ -154,10 +163,27 @@ function get(
   });
 }
 
-/** A DNS lookup that only hands out addresses the policy allows (IP literals included). */
-function guardedLookup(allowPrivate: boolean): LookupFunction {
+/** How a host name becomes addresses: node's `dns.lookup` with `all: true`, or a stand-in. */
+export type Resolver = (
+  hostname: string,
+  options: LookupAllOptions,
+  callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void,
+) => void;
+
+/**
+ * A DNS lookup for node's http(s) `lookup` option that only hands out the addresses the policy
+ * allows (see url-guard.ts): every address `resolve` returns is checked, the refused ones are
+ * dropped, and when none is left the lookup fails with IMAGE_FETCH_FAILED, so no connection is
+ * attempted.
+ *
+ * @param resolve - where addresses come from. @defaultValue node's `dns.lookup`
+ */
+export function guardedLookup(
+  allowPrivate: boolean,
+  resolve: Resolver = (hostname, options, callback) => dnsLookup(hostname, options, callback),
+): LookupFunction {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses: LookupAddress[]) => {
+    resolve(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, '', 4);
       const allowed = allowPrivate
         ? addresses
@@ -174,5 +200,5 @@ function guardedLookup(allowPrivate: boolean): LookupFunction {
 }
 
 function privateMessage(host: string): string {
-  return `${host} is (or resolves to) a private, loopback or link-local address, which image URLs may not reach`;
+  return `${host} is (or resolves to) a private, loopback or link-local address, or another that is not a public internet address, which image URLs may not reach`;
 }

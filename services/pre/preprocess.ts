@@ -1,12 +1,13 @@
-import sharp, { type Metadata } from 'sharp';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { openImage, type DecodeLimits } from '../../shared/image-decoder.js';
 import { computeLetterbox, letterboxPadding, type Letterbox } from '../../shared/letterbox.js';
 import type { PadPlacement } from '../../shared/model-layout.js';
 
 /**
- * The sharp adapter of the `pre` stage: decode an image, apply its EXIF orientation, and
- * letterbox it to the model input (centred or at the top-left, as the model wants) as RGB uint8
- * pixels (HWC), the form `infer` expects; `infer` reorders channels and scales for the model.
+ * The sharp pipeline of the `pre` stage: an image decoded and oriented by
+ * shared/image-decoder.ts, letterboxed to the model input (centred or at the top-left, as the
+ * model wants) as RGB uint8 pixels (HWC), the form `infer` expects; `infer` reorders channels
+ * and scales for the model.
  */
 export interface Preprocessed {
   /** inputWidth × inputHeight × 3 bytes, RGB, row-major. */
@@ -14,18 +15,16 @@ export interface Preprocessed {
   letterbox: Letterbox;
 }
 
+export type { DecodeLimits };
+
 const PAD = { r: 114, g: 114, b: 114 } as const;
 
-// EXIF orientations 5–8 rotate by 90° or 270°, so width and height swap.
-const SWAPS_AXES = new Set([5, 6, 7, 8]);
-
-export interface DecodeLimits {
-  /** Largest width × height accepted, checked from the header before decoding. */
-  maxPixels: number;
-  /** SVG can reference other files and URLs, so it is refused unless allowed. */
-  allowSvg: boolean;
-}
-
+/**
+ * Decodes an image and letterboxes it to `inputWidth` × `inputHeight`: resized bilinearly to fit,
+ * padded with grey 114 where `placement` says.
+ *
+ * @throws PipelineError IMAGE_TOO_LARGE, UNSUPPORTED_IMAGE or IMAGE_DECODE_FAILED (openImage).
+ */
 export async function letterboxImage(
   bytes: Buffer,
   inputWidth: number,
@@ -34,41 +33,18 @@ export async function letterboxImage(
   limits: DecodeLimits,
   placement: PadPlacement = 'centre',
 ): Promise<Preprocessed> {
-  let meta: Metadata;
+  const source = await openImage(bytes, autoOrient, limits);
+  const letterbox = computeLetterbox(
+    source.width,
+    source.height,
+    inputWidth,
+    inputHeight,
+    placement,
+  );
+  // One pipeline: libvips shrinks on load where the format allows (JPEG), resizes, pads and
+  // converts to 8-bit sRGB without intermediate buffers.
   try {
-    // Reads the header only: sizes and format are known before any pixel is decoded.
-    meta = await sharp(bytes).metadata();
-  } catch (err) {
-    throw decodeError(err);
-  }
-  if (meta.format === 'svg' && !limits.allowSvg) {
-    throw new PipelineError(
-      ErrorCode.UNSUPPORTED_IMAGE,
-      'SVG images are not accepted here (they can reference other files); send a raster image',
-    );
-  }
-  if (!meta.width || !meta.height) {
-    throw new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, 'the image has no readable size');
-  }
-  // A decompression bomb declares a huge size in a small file: refuse it before decoding.
-  if (meta.width * meta.height > limits.maxPixels) {
-    throw new PipelineError(
-      ErrorCode.IMAGE_TOO_LARGE,
-      `the image is ${meta.width}x${meta.height} pixels, more than the ${limits.maxPixels} allowed`,
-    );
-  }
-  const swap = autoOrient && SWAPS_AXES.has(meta.orientation ?? 1);
-  const srcWidth = swap ? meta.height : meta.width;
-  const srcHeight = swap ? meta.width : meta.height;
-  const letterbox = computeLetterbox(srcWidth, srcHeight, inputWidth, inputHeight, placement);
-
-  // One pipeline: libvips orients, shrinks on load where the format allows (JPEG), resizes,
-  // pads and converts to 8-bit sRGB without intermediate buffers.
-  // Animated and multi-page images: the first frame (sharp's default).
-  let image = sharp(bytes, { failOn: 'error', limitInputPixels: limits.maxPixels });
-  if (autoOrient) image = image.rotate();
-  try {
-    const { data, info } = await image
+    const { data, info } = await source.image
       .resize(letterbox.resizedWidth, letterbox.resizedHeight, { fit: 'fill', kernel: 'linear' })
       .removeAlpha()
       .extend({ ...letterboxPadding(letterbox), background: PAD })
@@ -83,14 +59,11 @@ export async function letterboxImage(
     }
     return { pixels: data, letterbox };
   } catch (err) {
-    throw err instanceof PipelineError ? err : decodeError(err);
+    if (err instanceof PipelineError) throw err;
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new PipelineError(
+      ErrorCode.IMAGE_DECODE_FAILED,
+      `the image could not be decoded: ${reason}`,
+    );
   }
-}
-
-function decodeError(err: unknown): PipelineError {
-  const reason = err instanceof Error ? err.message : String(err);
-  return new PipelineError(
-    ErrorCode.IMAGE_DECODE_FAILED,
-    `the image could not be decoded: ${reason}`,
-  );
 }

@@ -3,6 +3,8 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
+import sharp from 'sharp';
+import { cmykJpegs, requireImageMagick } from '../helpers/imagemagick.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
 import {
   logEvents,
@@ -113,6 +115,44 @@ describe('real COCO models', () => {
     for (let i = 0; i < 50 && batches().length < 4; i++) await sleep(20);
     const sizes = batches();
     assert.ok(sizes.length >= 4 && sizes.every((s) => s === 1), `batch sizes: ${sizes.join(', ')}`);
+  });
+
+  test('yolov8n: CMYK JPEGs of bus.jpg without a profile give the boxes of the RGB original within 3 px', async (t) => {
+    if (!requireShared(t, 'models/yolov8n.onnx')) return;
+    const im = requireImageMagick(t);
+    if (!im) return;
+    const bus = readFileSync(sharedPath('data/samples/bus.jpg'));
+    const { data, info } = await sharp(bus).raw().toBuffer({ resolveWithObject: true });
+    const stack = await serve('yolov8n.onnx');
+    const boxes = async (bytes: Buffer) => {
+      const res = await postJson(stack, '/infer/object_detection', {
+        image: { type: 'base64', value: bytes.toString('base64') },
+        confidence: 0.25,
+      });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      return (res.body as DetectionResponse).predictions;
+    };
+    const original = await boxes(bus);
+    const confident = original.filter((p) => p.confidence >= 0.5);
+    assert.ok(confident.some((p) => p.class === 'bus') && confident.length >= 4);
+    for (const [style, jpeg] of cmykJpegs(im, data, info.width, info.height)) {
+      const got = await boxes(jpeg);
+      let worst = 0;
+      for (const want of confident) {
+        // The same object: the box of its class nearest to the original's.
+        const offset = (p: Prediction) =>
+          Math.max(
+            ...(['x', 'y', 'width', 'height'] as const).map((k) => Math.abs(p[k] - want[k])),
+          );
+        const match = got
+          .filter((p) => p.class === want.class)
+          .sort((a, b) => offset(a) - offset(b))[0];
+        assert.ok(match, `${style}: no ${want.class} near ${JSON.stringify(want)}`);
+        worst = Math.max(worst, offset(match));
+        assert.ok(offset(match) <= 3, `${style}: ${want.class} moved ${offset(match)} px`);
+      }
+      t.diagnostic(`${style}: boxes within ${worst.toFixed(2)} px of the RGB original's`);
+    }
   });
 
   test('an execution provider that is not installed is a clear startup error', async () => {
