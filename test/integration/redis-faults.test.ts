@@ -73,7 +73,7 @@ function assertRetryable(res: { status: number; code?: string; headers: Headers 
 }
 
 for (const how of ['CLIENT PAUSE', 'SIGSTOP'] as const) {
-  test(`Redis that stops answering (${how}): requests end by their deadline, /readyz says 503 within a second`, async () => {
+  test(`Redis that stops answering (${how}): requests end by their deadline, /readyz says 503 within a second`, async (t) => {
     await untilServing();
     const payload = { ...(await body()), timeout_ms: 2500 };
     const pid = await redisPid();
@@ -92,10 +92,15 @@ for (const how of ['CLIENT PAUSE', 'SIGSTOP'] as const) {
       assert.equal(late.code, 'NOT_READY');
       assert.equal(late.headers.get('retry-after'), '1');
       assert.ok(late.ms < 500, `refusal took ${late.ms} ms`);
-      for (const res of await Promise.all(early)) {
+      const inFlight = await Promise.all(early);
+      for (const res of inFlight) {
         assertRetryable(res, 'request in flight');
         assert.ok(res.ms < 2500 + 700, `answered after ${res.ms} ms, deadline 2500 ms`);
       }
+      t.diagnostic(
+        `${how}: in flight ${inFlight.map((r) => `${r.status} in ${r.ms} ms`).join(', ')}; ` +
+          `/readyz ${ready.status} in ${ready.ms} ms; new request ${late.status} in ${late.ms} ms`,
+      );
     } finally {
       if (how === 'CLIENT PAUSE') await sleep(0);
       else process.kill(pid, 'SIGCONT');
@@ -104,7 +109,9 @@ for (const how of ['CLIENT PAUSE', 'SIGSTOP'] as const) {
       // CLIENT UNPAUSE needs Redis to answer this client, which it does for admin commands.
       await redis.client.call('CLIENT', 'UNPAUSE');
     }
+    const resumed = Date.now();
     await untilServing();
+    t.diagnostic(`${how}: serving again ${Date.now() - resumed} ms after Redis answered again`);
   });
 }
 
@@ -136,7 +143,7 @@ test('every other route answers within REQUEST_TIMEOUT_MS while Redis is stopped
   await untilServing();
 });
 
-test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, never 500; small requests still pass', async () => {
+test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, never 500; small requests still pass', async (t) => {
   await untilServing();
   const used = Number(/^used_memory:(\d+)/m.exec(await redis.client.info('memory'))?.[1]);
   // Room for a few small images, not for big ones.
@@ -163,6 +170,7 @@ test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, n
     );
     for (const a of answers.filter((x) => x.status === 503))
       assert.equal(a.headers.get('retry-after'), '1');
+    t.diagnostic(`maxmemory: ${statuses.join(', ')}`);
     // Small requests of other clients get through while big ones are refused.
     const more = await Promise.all(Array.from({ length: 3 }, async () => timedPost(small)));
     assert.ok(
@@ -175,7 +183,7 @@ test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, n
   await untilServing();
 });
 
-test('Redis restarted empty: requests in flight are answered 503 at once, none gets 404 for the served model', async () => {
+test('Redis restarted empty: requests in flight are answered 503 at once, none gets 404 for the served model', async (t) => {
   await untilServing();
   // Hold work in flight: no `pre` worker takes it while Redis restarts.
   const pre = stack.roles.filter((r) => r.role === 'pre' && r.process.exitCode === null);
@@ -193,10 +201,14 @@ test('Redis restarted empty: requests in flight are answered 503 at once, none g
       assert.equal(a.code, 'NOT_READY');
       assert.ok(a.ms < 4500, `answered after ${a.ms} ms; the deadline was 6000 ms`);
     }
+    t.diagnostic(
+      `restart: in flight answered ${answers.map((a) => `${a.status} in ${a.ms} ms`).join(', ')}`,
+    );
   } finally {
     for (const r of pre) r.process.kill('SIGCONT');
   }
   // While the stack recovers, a request names the model: never 404 for a served model.
+  const restartedAt = Date.now();
   const until = Date.now() + 20_000;
   for (;;) {
     const res = await timedPost({ ...(await body()), model_id: 'tiny-shapes' });
@@ -204,8 +216,10 @@ test('Redis restarted empty: requests in flight are answered 503 at once, none g
     assert.notEqual(res.status, 500, `500 ${res.code}`);
     if (res.status === 200) break;
     assert.ok(Date.now() < until, `not serving again: ${res.status} ${res.code}`);
+    t.diagnostic(`restart: meanwhile ${res.status} ${res.code}`);
     await sleep(100);
   }
+  t.diagnostic(`restart: serving again ${Date.now() - restartedAt} ms after the restart`);
   const client = new Redis(redis.url);
   try {
     await sleep(500);

@@ -1,24 +1,95 @@
 /**
- * `npm run soak [seconds] [concurrency]`: a mixed load against the whole stack (real Redis,
- * every role its own process) while worker processes are killed with SIGKILL at random and
- * replaced. Prints requests sent, answered, answers by status and error code, requests left
- * without an answer, and per-request Redis keys left behind. Not part of `npm test`.
+ * `npm run soak [seconds] [clients]`: a mixed load against the stack as `npm start` runs it
+ * (the supervisor, its private redis-server, every role its own process) while faults are
+ * injected every 4 s, one at a time, at random:
+ * - a `pre`, `post` or `infer` process killed with SIGKILL (the supervisor restarts it);
+ * - the redis-server killed with SIGKILL (the supervisor restarts it, empty);
+ * - the redis-server stopped (SIGSTOP) for 3 s, then continued.
+ * Beside the load, two clients trickle request bodies (cut off by REQUEST_BODY_TIMEOUT_MS) and
+ * one sends image URLs whose loopback host trickles (cut off by URL_FETCH_TIMEOUT_MS).
+ *
+ * Prints requests sent and answered, answers by status and code, answers later than their
+ * deadline, and per-request Redis keys left behind. Exit code 1 when a request went without an
+ * answer, an answer came late, or keys were left. Not part of `npm test`. Sends traffic only to
+ * 127.0.0.1.
  */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Role } from '../../services/supervisor/processes.js';
+import { Redis } from 'ioredis';
+import { freePort } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
-import { keysOf, startRedis, startStack } from '../helpers/stack.js';
+import { keysOf } from '../helpers/stack.js';
 
 const seconds = Number(process.argv[2] ?? 60);
 const concurrency = Number(process.argv[3] ?? 8);
-const killEveryMs = 4000;
+const faultEveryMs = 4000;
+/** Each request's own deadline (timeout_ms); an answer later than this plus SLACK_MS is late. */
+const TIMEOUT_MS = 5000;
+const BODY_TIMEOUT_MS = 5000;
+const SLACK_MS = 1500;
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-const redis = await startRedis();
-const stack = await startStack({
-  redisUrl: redis.url,
-  env: { LOG_LEVEL: 'warn', MAX_BATCH_DELAY_MS: '5' },
-  roles: ['infer', 'pre', 'pre', 'post', 'post', 'gateway'],
+// A loopback host for image URLs that never finishes sending.
+const trickler = createServer((_req, res) => {
+  res.writeHead(200, { 'content-type': 'image/png', 'content-length': '100000' });
+  const timer = setInterval(() => res.write('x'), 500);
+  res.once('close', () => clearInterval(timer));
 });
+await new Promise<void>((r) => trickler.listen(0, '127.0.0.1', r));
+const slowUrl = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/slow.png`;
+
+const port = await freePort();
+const env: NodeJS.ProcessEnv = {
+  ...process.env,
+  HOST: '127.0.0.1',
+  PORT: String(port),
+  LOG_LEVEL: 'warn',
+  NUM_PRE_WORKERS: '2',
+  NUM_POST_WORKERS: '2',
+  METRICS_PORT: '0',
+  DRAIN_TIMEOUT_MS: '5000',
+  REQUEST_BODY_TIMEOUT_MS: String(BODY_TIMEOUT_MS),
+  URL_FETCH_TIMEOUT_MS: '3000',
+  ALLOW_PRIVATE_URLS: 'true',
+};
+delete env['REDIS_URL'];
+const supervisor = spawn('npm', ['start', '--silent'], { cwd: ROOT, env, stdio: 'pipe' });
+const lines: string[] = [];
+const collect = (c: Buffer) => lines.push(...c.toString().split('\n').filter(Boolean));
+supervisor.stdout.on('data', collect);
+supervisor.stderr.on('data', collect);
+const base = `http://127.0.0.1:${port}`;
+for (let i = 0; !lines.some((l) => l.includes('is ready at')); i++) {
+  if (i > 900 || supervisor.exitCode !== null) throw new Error(lines.slice(-20).join('\n'));
+  await sleep(100);
+}
+const redisUrl = lines
+  .map((l) => /"redisUrl":"([^"]+)"/.exec(l)?.[1])
+  .find((u): u is string => u !== undefined)!;
+
+/** The processes the supervisor runs now, by what they are. */
+function children(): Array<{ pid: number; what: string }> {
+  const found: Array<{ pid: number; what: string }> = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid !== supervisor.pid) continue;
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      const what =
+        /services\/(\w+)\/main/.exec(cmd)?.[1] ?? (/redis-server/.test(cmd) ? 'redis' : '?');
+      found.push({ pid: Number(entry), what });
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return found;
+}
 
 const good = (await drawImage(480, 360, [{ colour: 'red', x: 40, y: 60, w: 120, h: 90 }])).toString(
   'base64',
@@ -38,46 +109,100 @@ const bodies = [
 let sent = 0;
 let answered = 0;
 let failedToAnswer = 0;
+let late = 0;
+let slowest = 0;
 const byOutcome = new Map<string, number>();
 const count = (k: string) => byOutcome.set(k, (byOutcome.get(k) ?? 0) + 1);
 const end = Date.now() + seconds * 1000;
 
+async function post(body: unknown, limitMs: number): Promise<void> {
+  sent++;
+  const started = Date.now();
+  try {
+    const res = await fetch(`${base}/infer/object_detection`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const json = (await res.json()) as { code?: string };
+    answered++;
+    count(res.ok ? '200' : `${res.status} ${json.code ?? '?'}`);
+  } catch (err) {
+    failedToAnswer++;
+    count(`no answer: ${err instanceof Error ? err.message : String(err)}`);
+    await sleep(50);
+  }
+  const ms = Date.now() - started;
+  slowest = Math.max(slowest, ms);
+  if (ms > limitMs + SLACK_MS) late++;
+}
+
 async function client(): Promise<void> {
   while (Date.now() < end) {
     const body = bodies[Math.floor(Math.random() * bodies.length)]!;
-    sent++;
-    try {
-      const res = await fetch(`${stack.url}/infer/object_detection`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-      const json = (await res.json()) as { code?: string };
-      answered++;
-      count(res.ok ? '200' : `${res.status} ${json.code ?? '?'}`);
-    } catch (err) {
-      failedToAnswer++;
-      count(`no answer: ${err instanceof Error ? err.message : String(err)}`);
-      await sleep(50);
-    }
+    await post({ ...body, timeout_ms: TIMEOUT_MS }, TIMEOUT_MS);
   }
 }
 
-let kills = 0;
+async function slowUrlClient(): Promise<void> {
+  while (Date.now() < end) {
+    await post({ image: { type: 'url', value: slowUrl }, timeout_ms: TIMEOUT_MS }, TIMEOUT_MS);
+  }
+}
+
+/** Sends headers, then trickles the body: answered 408 after REQUEST_BODY_TIMEOUT_MS. */
+async function slowBodyClient(): Promise<void> {
+  while (Date.now() < end) {
+    sent++;
+    const started = Date.now();
+    const status = await new Promise<string>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      let text = '';
+      socket.on('error', () => {});
+      socket.on('data', (c: Buffer) => (text += c.toString('latin1')));
+      socket.write(
+        'POST /infer/object_detection HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n' +
+          'Content-Length: 100000\r\n\r\n',
+      );
+      const timer = setInterval(() => socket.write('x'), 200);
+      socket.once('close', () => {
+        clearInterval(timer);
+        const code = /"code":"(\w+)"/.exec(text)?.[1];
+        resolve(text ? `${text.split(' ')[1]} ${code ?? '?'}` : '');
+      });
+    });
+    const ms = Date.now() - started;
+    slowest = Math.max(slowest, ms);
+    if (status === '') {
+      failedToAnswer++;
+      count('no answer: slow body closed without a response');
+    } else {
+      answered++;
+      count(`${status} (slow body)`);
+    }
+    if (ms > BODY_TIMEOUT_MS + SLACK_MS) late++;
+  }
+}
+
+const faults = new Map<string, number>();
 async function chaos(): Promise<void> {
-  const victims: Role[] = ['pre', 'post', 'infer'];
-  while (Date.now() < end - killEveryMs) {
-    await sleep(killEveryMs);
-    const role = victims[Math.floor(Math.random() * victims.length)]!;
-    const live = stack.roles.filter(
-      (r) => r.role === role && r.process.exitCode === null && r.process.signalCode === null,
-    );
+  const kinds = ['kill pre', 'kill post', 'kill infer', 'kill redis', 'stop redis 3 s'] as const;
+  while (Date.now() < end - faultEveryMs) {
+    await sleep(faultEveryMs);
+    const kind = kinds[Math.floor(Math.random() * kinds.length)]!;
+    const target = kind.split(' ')[1]!;
+    const live = children().filter((c) => c.what === target);
     const victim = live[Math.floor(Math.random() * live.length)];
     if (!victim) continue;
-    victim.process.kill('SIGKILL');
-    stack.add(role);
-    kills++;
-    process.stderr.write(`  killed ${role} (pid ${victim.process.pid}), started a new one\n`);
+    faults.set(kind, (faults.get(kind) ?? 0) + 1);
+    process.stderr.write(`  ${kind} (pid ${victim.pid})\n`);
+    if (kind === 'stop redis 3 s') {
+      process.kill(victim.pid, 'SIGSTOP');
+      await sleep(3000);
+      process.kill(victim.pid, 'SIGCONT');
+    } else {
+      process.kill(victim.pid, 'SIGKILL');
+    }
   }
 }
 
@@ -86,26 +211,32 @@ const progress = setInterval(
   5000,
 );
 process.stderr.write(
-  `soak: ${seconds} s, ${concurrency} clients, a worker killed every ${killEveryMs / 1000} s\n`,
+  `soak: ${seconds} s, ${concurrency} clients, 2 slow bodies, 1 slow URL, a fault every ${faultEveryMs / 1000} s\n`,
 );
-await Promise.all([...Array.from({ length: concurrency }, client), chaos()]);
+await Promise.all([
+  ...Array.from({ length: concurrency }, client),
+  slowBodyClient(),
+  slowBodyClient(),
+  slowUrlClient(),
+  chaos(),
+]);
 clearInterval(progress);
-await sleep(1000);
-const gateway = stack.roles.find((r) => r.role === 'gateway');
-if (gateway && (gateway.process.exitCode !== null || gateway.process.signalCode !== null)) {
-  console.log(`the gateway exited (${gateway.process.exitCode ?? gateway.process.signalCode}):`);
-  console.log(gateway.output.slice(-20).join('\n'));
-}
-const leftover = (await keysOf(redis.client, stack.prefix)).filter((k) =>
-  /:(img|px|cand|reply):/.test(k),
-);
-await stack.stop();
-await redis.stop();
+// Let the last requests' cleanup reach Redis, then count what is left.
+await sleep(2000);
+const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+const prefix = 'sd';
+const leftover = (await keysOf(redis, prefix)).filter((k) => /:(img|px|cand):/.test(k));
+redis.disconnect();
+supervisor.kill('SIGTERM');
+await new Promise((r) => supervisor.once('exit', r));
+trickler.closeAllConnections();
+trickler.close();
 
-console.log(`requests sent:      ${sent}`);
-console.log(`answered:           ${answered}`);
-console.log(`without an answer:  ${failedToAnswer}`);
-console.log(`processes killed:   ${kills}`);
-for (const [k, v] of [...byOutcome].sort()) console.log(`  ${k.padEnd(32)} ${v}`);
+console.log(`requests sent:        ${sent}`);
+console.log(`answered:             ${answered}`);
+console.log(`without an answer:    ${failedToAnswer}`);
+console.log(`answered late:        ${late} (slowest ${slowest} ms; deadlines ${TIMEOUT_MS} ms)`);
+console.log(`faults injected:      ${[...faults].map(([k, v]) => `${k} ×${v}`).join(', ')}`);
+for (const [k, v] of [...byOutcome].sort()) console.log(`  ${k.padEnd(36)} ${v}`);
 console.log(`per-request Redis keys left: ${leftover.length}`);
-process.exit(failedToAnswer === 0 && leftover.length === 0 ? 0 : 1);
+process.exit(failedToAnswer === 0 && late === 0 && leftover.length === 0 ? 0 : 1);
