@@ -41,7 +41,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   MODEL_NOT_FOUND: 404,
   MODEL_EXECUTION_FAILED: 500,
   MODEL_PINNED: 409,
-  DATA_EXPIRED: 500,
+  // The image's data left Redis (a restart without persistence): the request can be sent again.
+  DATA_EXPIRED: 503,
   DEADLINE_EXCEEDED: 504,
   NOT_READY: 503,
   OVERLOADED: 429,
@@ -103,6 +104,7 @@ export interface ErrorBody {
  * seconds, RETRY_AFTER_SECONDS).
  */
 export const RETRY_LATER: ReadonlySet<ErrorCode> = new Set([
+  ErrorCode.DATA_EXPIRED,
   ErrorCode.NOT_READY,
   ErrorCode.OVERLOADED,
   ErrorCode.STORE_FULL,

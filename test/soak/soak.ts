@@ -3,12 +3,13 @@
  * (the supervisor, its private redis-server, every role its own process) while faults are
  * injected every 4 s, one at a time, at random:
  * - a `pre`, `post` or `infer` process killed with SIGKILL (the supervisor restarts it);
- * - the redis-server killed with SIGKILL (the supervisor restarts it, empty);
+ * - the redis-server killed with SIGKILL (the supervisor restarts it, empty), at most every 15 s;
  * - the redis-server stopped (SIGSTOP) for 3 s, then continued.
  * Beside the load, two clients trickle request bodies (cut off by REQUEST_BODY_TIMEOUT_MS) and
  * one sends image URLs whose loopback host trickles (cut off by URL_FETCH_TIMEOUT_MS).
  *
- * Prints requests sent and answered, answers by status and code, answers later than their
+ * Clients come back after `Retry-After` when told to. Prints requests sent and answered,
+ * answers by status and code, answers later than their
  * deadline, and per-request Redis keys left behind. Exit code 1 when a request went without an
  * answer, an answer came late, or keys were left. Not part of `npm test`. Sends traffic only to
  * 127.0.0.1.
@@ -67,29 +68,30 @@ for (let i = 0; !lines.some((l) => l.includes('is ready at')); i++) {
   if (i > 900 || supervisor.exitCode !== null) throw new Error(lines.slice(-20).join('\n'));
   await sleep(100);
 }
-const redisUrl = lines
-  .map((l) => /"redisUrl":"([^"]+)"/.exec(l)?.[1])
-  .find((u): u is string => u !== undefined)!;
-
-/** The processes the supervisor runs now, by what they are. */
-function children(): Array<{ pid: number; what: string }> {
-  const found: Array<{ pid: number; what: string }> = [];
+/** The processes whose parent is `parent`, by what they are (a role, redis, the supervisor). */
+function children(parent: number): Array<{ pid: number; what: string; cmd: string }> {
+  const found: Array<{ pid: number; what: string; cmd: string }> = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid !== supervisor.pid) continue;
+      if (ppid !== parent) continue;
       const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
       const what =
         /services\/(\w+)\/main/.exec(cmd)?.[1] ?? (/redis-server/.test(cmd) ? 'redis' : '?');
-      found.push({ pid: Number(entry), what });
+      found.push({ pid: Number(entry), what, cmd });
     } catch {
       // Gone meanwhile.
     }
   }
   return found;
 }
+// npm runs the supervisor (its script execs node), which runs the roles and redis-server.
+const supervisorPid = children(supervisor.pid!).find((c) => c.what === 'supervisor')!.pid;
+const stackProcesses = () => children(supervisorPid);
+const redisCmd = stackProcesses().find((c) => c.what === 'redis')!.cmd;
+const redisUrl = `redis://127.0.0.1:${/(?:--port\0|:)(\d+)/.exec(redisCmd)![1]}`;
 
 const good = (await drawImage(480, 360, [{ colour: 'red', x: 40, y: 60, w: 120, h: 90 }])).toString(
   'base64',
@@ -118,6 +120,7 @@ const end = Date.now() + seconds * 1000;
 async function post(body: unknown, limitMs: number): Promise<void> {
   sent++;
   const started = Date.now();
+  let retryAfter = 0;
   try {
     const res = await fetch(`${base}/infer/object_detection`, {
       method: 'POST',
@@ -127,6 +130,7 @@ async function post(body: unknown, limitMs: number): Promise<void> {
     const json = (await res.json()) as { code?: string };
     answered++;
     count(res.ok ? '200' : `${res.status} ${json.code ?? '?'}`);
+    retryAfter = Number(res.headers.get('retry-after') ?? 0);
   } catch (err) {
     failedToAnswer++;
     count(`no answer: ${err instanceof Error ? err.message : String(err)}`);
@@ -135,6 +139,8 @@ async function post(body: unknown, limitMs: number): Promise<void> {
   const ms = Date.now() - started;
   slowest = Math.max(slowest, ms);
   if (ms > limitMs + SLACK_MS) late++;
+  // As a well-behaved client does: come back after Retry-After.
+  if (retryAfter > 0) await sleep(retryAfter * 1000);
 }
 
 async function client(): Promise<void> {
@@ -185,13 +191,17 @@ async function slowBodyClient(): Promise<void> {
 }
 
 const faults = new Map<string, number>();
+let lastRedisKill = 0;
 async function chaos(): Promise<void> {
   const kinds = ['kill pre', 'kill post', 'kill infer', 'kill redis', 'stop redis 3 s'] as const;
   while (Date.now() < end - faultEveryMs) {
     await sleep(faultEveryMs);
-    const kind = kinds[Math.floor(Math.random() * kinds.length)]!;
+    let kind = kinds[Math.floor(Math.random() * kinds.length)]!;
+    // More than MAX_CRASHES (5) deaths of one child in a minute stop the stack on purpose.
+    if (kind === 'kill redis' && Date.now() - lastRedisKill < 15_000) kind = 'stop redis 3 s';
+    if (kind === 'kill redis') lastRedisKill = Date.now();
     const target = kind.split(' ')[1]!;
-    const live = children().filter((c) => c.what === target);
+    const live = stackProcesses().filter((c) => c.what === target);
     const victim = live[Math.floor(Math.random() * live.length)];
     if (!victim) continue;
     faults.set(kind, (faults.get(kind) ?? 0) + 1);
@@ -223,7 +233,12 @@ await Promise.all([
 clearInterval(progress);
 // Let the last requests' cleanup reach Redis, then count what is left.
 await sleep(2000);
+if (supervisor.exitCode !== null) {
+  console.log(`npm start exited (${supervisor.exitCode}):\n${lines.slice(-20).join('\n')}`);
+  process.exit(1);
+}
 const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+redis.on('error', () => {});
 const prefix = 'sd';
 const leftover = (await keysOf(redis, prefix)).filter((k) => /:(img|px|cand):/.test(k));
 redis.disconnect();
