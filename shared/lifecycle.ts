@@ -45,6 +45,7 @@ export async function closeInOrder(
 ): Promise<void> {
   for (const [name, step] of steps) {
     try {
+      log.debug({ step: name }, 'cleanup step');
       await step();
     } catch (err) {
       log.warn({ err, step: name }, 'cleanup step failed');

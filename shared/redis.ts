@@ -1,4 +1,5 @@
 import { Redis, type RedisOptions } from 'ioredis';
+import { withTimeout } from './deadline.js';
 
 /**
  * Redis connections. BullMQ workers need `maxRetriesPerRequest: null` (blocking commands must
@@ -19,14 +20,36 @@ export function createRedis(url: string, name: string, kind: ConnectionKind): Re
   return new Redis(url, options);
 }
 
-/** Closes a connection politely, falling back to a hard disconnect; never throws. */
+/**
+ * Closes a connection politely (QUIT, at most CLEANUP_TIMEOUT_MS), falling back to a hard
+ * disconnect, at once when Redis is not connected now; never throws.
+ */
 export async function closeRedis(redis: Redis): Promise<void> {
   if (redis.status === 'end') return;
+  if (redis.status !== 'ready') {
+    redis.disconnect();
+    return;
+  }
   try {
-    await redis.quit();
+    await withTimeout(redis.quit(), CLEANUP_TIMEOUT_MS, () => new Error('QUIT timed out'));
   } catch {
     redis.disconnect();
   }
+}
+
+/** Longest wait of one cleanup step that needs Redis. */
+export const CLEANUP_TIMEOUT_MS = 2000;
+
+/**
+ * Runs a cleanup step that needs Redis (closing a queue, deleting a heartbeat): skipped when
+ * the connection is not ready (Redis is gone: the step would wait for it forever), otherwise
+ * given at most CLEANUP_TIMEOUT_MS. Never throws; a stopping process must not hang on Redis.
+ */
+export async function cleanupWithRedis(redis: Redis, step: () => Promise<unknown>): Promise<void> {
+  if (redis.status !== 'ready') return;
+  await withTimeout(step(), CLEANUP_TIMEOUT_MS, () => new Error('Redis did not answer')).catch(
+    () => {},
+  );
 }
 
 /**

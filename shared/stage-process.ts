@@ -10,7 +10,7 @@ import { closeInOrder, exitOnStartupError, handleShutdown, once } from './lifecy
 import { createLogger, type Logger } from './logger.js';
 import { createRegistry, registerQueueGauge, serveMetrics, StageMetrics } from './metrics.js';
 import { createQueue, createStageWorker, type StageWorkerOptions } from './queues.js';
-import { closeRedis, createRedis } from './redis.js';
+import { cleanupWithRedis, closeRedis, createRedis } from './redis.js';
 
 /**
  * The process shell shared by the worker roles (`pre`, `infer`, `post`): configuration,
@@ -111,13 +111,16 @@ export function runStage<Q extends QueueName>(
       log,
       once(() =>
         closeInOrder(log, [
-          ['heartbeat', () => heartbeat.close()],
+          ['heartbeat', () => cleanupWithRedis(client, () => heartbeat.close())],
           // Stops taking jobs and waits for the active ones, unless Redis is gone: then they
           // cannot finish anyway, and other workers take them up once Redis is back.
           ['worker', () => Promise.all(workers.map((w) => w.close(client.status !== 'ready')))],
           ...(stage.close ?? []),
           ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
-          ['queue', () => Promise.all(ownQueues.map((q) => q.close()))],
+          [
+            'queue',
+            () => cleanupWithRedis(client, () => Promise.all(ownQueues.map((q) => q.close()))),
+          ],
           ['redis', () => Promise.all([...connections, client].map((c) => closeRedis(c)))],
         ]),
       ),

@@ -9,7 +9,7 @@ import { createLogger, type Logger } from '../../shared/logger.js';
 import { createRegistry, registerQueueGauge } from '../../shared/metrics.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue } from '../../shared/queues.js';
-import { closeRedis, createRedis, watchRestarts } from '../../shared/redis.js';
+import { cleanupWithRedis, closeRedis, createRedis, watchRestarts } from '../../shared/redis.js';
 import { GatewayMetrics } from './metrics.js';
 import { ResultWaiter } from './result-waiter.js';
 import { buildServer } from './server.js';
@@ -82,7 +82,7 @@ async function serve(config: Config, log: Logger): Promise<void> {
         // close() stops accepting connections and waits for in-flight requests to answer.
         ['http', () => app.close()],
         ['waiter', () => waiter.close()],
-        ['queues', () => Promise.all(queues.map((q) => q.close()))],
+        ['queues', () => cleanupWithRedis(redis, () => Promise.all(queues.map((q) => q.close())))],
         ['redis', () => closeRedis(redis)],
       ]),
     ),

@@ -29,12 +29,22 @@ export class ResultWaiter {
   private readonly pending = new Map<string, PendingWait>();
   private running: Promise<void> | undefined;
   private closed = false;
+  /**
+   * Settles when close() is called: a BRPOP queued on a connection to a Redis that is gone
+   * never settles, so the loop races its commands with this.
+   */
+  private readonly stopped: Promise<null>;
+  private stop: () => void = () => {};
 
   constructor(
     private readonly connection: Redis,
     private readonly listKey: string,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.stopped = new Promise((resolve) => {
+      this.stop = () => resolve(null);
+    });
+  }
 
   /** Starts popping the reply list. */
   start(): void {
@@ -100,6 +110,7 @@ export class ResultWaiter {
   async close(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
+      this.stop();
       this.connection.disconnect();
       for (const [id, w] of this.pending) {
         clearTimeout(w.timer);
@@ -113,11 +124,14 @@ export class ResultWaiter {
   private async loop(): Promise<void> {
     while (!this.closed) {
       try {
-        const popped = await this.connection.brpop(this.listKey, 1);
+        const popped = await Promise.race([this.connection.brpop(this.listKey, 1), this.stopped]);
         if (!popped) continue;
         this.settle(popped[1]);
         // Drain whatever else arrived without another blocking round trip per message.
-        const more = await this.connection.rpop(this.listKey, DRAIN_BATCH);
+        const more = await Promise.race([
+          this.connection.rpop(this.listKey, DRAIN_BATCH),
+          this.stopped,
+        ]);
         for (const raw of more ?? []) this.settle(raw);
       } catch (err) {
         if (this.closed) break;

@@ -10,7 +10,7 @@ import {
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { modelsPayload } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
-import { closeRedis, createRedis } from '../../shared/redis.js';
+import { cleanupWithRedis, closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { BatchScheduler } from './batcher.js';
 import { InferenceMetrics } from './metrics.js';
@@ -152,7 +152,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
       ['model control', () => closeRedis(control)],
       ['batcher', () => Promise.resolve(scheduler.close())],
       ['models', () => pool.close()],
-      ['post queue', () => postQueue.close()],
+      ['post queue', () => cleanupWithRedis(client, () => postQueue.close())],
     ],
   };
 });

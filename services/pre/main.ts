@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
+import { cleanupWithRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { fetchImage, loadStoredImage } from './image-source.js';
 import { letterboxImage } from './preprocess.js';
@@ -78,8 +79,11 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
       },
     ],
     close: [
-      ['infer queue', () => inferQueue.close()],
-      ['pre queue', () => preQueue.close()],
+      [
+        'queues',
+        () =>
+          cleanupWithRedis(client, () => Promise.all([inferQueue, preQueue].map((q) => q.close()))),
+      ],
     ],
   };
 });

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { Redis } from 'ioredis';
-import { freePort } from '../../services/supervisor/processes.js';
+import { freePort, startRedisServer } from '../../services/supervisor/processes.js';
 import { Supervised } from '../../services/supervisor/supervised.js';
 import { createLogger } from '../../shared/logger.js';
 import { drawImage } from '../helpers/images.js';
@@ -25,7 +25,7 @@ interface Run {
 function npmStart(env: Record<string, string>): Run {
   const cleanEnv: NodeJS.ProcessEnv = {
     ...process.env,
-    LOG_LEVEL: 'info',
+    LOG_LEVEL: 'debug',
     HOST: '127.0.0.1',
     NUM_PRE_WORKERS: '1',
     NUM_POST_WORKERS: '1',
@@ -33,7 +33,7 @@ function npmStart(env: Record<string, string>): Run {
     DRAIN_TIMEOUT_MS: '5000',
     ...env,
   };
-  delete cleanEnv['REDIS_URL'];
+  if (!env['REDIS_URL']) delete cleanEnv['REDIS_URL'];
   const child = spawn('npm', ['start', '--silent'], {
     cwd: ROOT,
     env: cleanEnv,
@@ -86,11 +86,15 @@ async function stackPids(run: Run, redisUrl: string): Promise<number[]> {
   return [...new Set(pids.filter((p) => Number.isInteger(p) && p > 0))];
 }
 
-async function started(run: Run, port: number): Promise<{ redisUrl: string; pids: number[] }> {
+async function started(
+  run: Run,
+  port: number,
+  externalRedis?: string,
+): Promise<{ redisUrl: string; pids: number[] }> {
   await until('the ready banner', 90_000, () => run.lines.some((l) => l.includes('is ready at')));
-  const redisUrl = events(run).find((e) => e['msg'] === 'private redis-server started')?.[
-    'redisUrl'
-  ] as string;
+  const redisUrl =
+    externalRedis ??
+    (events(run).find((e) => e['msg'] === 'private redis-server started')?.['redisUrl'] as string);
   assert.match(redisUrl, /^redis:\/\/127\.0\.0\.1:\d+$/);
   assert.equal(await detect(port), 200);
   return { redisUrl, pids: await stackPids(run, redisUrl) };
@@ -164,6 +168,30 @@ describe('npm start, stopped and broken from outside', () => {
       await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
     } finally {
       killAll(pids);
+    }
+  });
+
+  test('a stack whose external Redis is gone stops within one drain timeout', async (t) => {
+    const redis = await startRedisServer();
+    const port = await freePort();
+    const run = npmStart({ PORT: String(port), REDIS_URL: redis.url });
+    let pids: number[] = [];
+    try {
+      pids = (await started(run, port, redis.url)).pids.filter((p) => p !== redis.process.pid);
+      redis.process.kill('SIGKILL');
+      await once(redis.process, 'exit');
+      await sleep(1000);
+      const stopAt = Date.now();
+      run.child.kill('SIGTERM');
+      await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
+      const ms = Date.now() - stopAt;
+      t.diagnostic(`stopped ${ms} ms after SIGTERM with Redis gone (DRAIN_TIMEOUT_MS 5000)`);
+      // Before: each phase waited for its processes' own drain timeout (about 3 × 5 s).
+      assert.ok(ms < 5000, `took ${ms} ms`);
+    } finally {
+      run.child.kill('SIGKILL');
+      killAll(pids);
+      redis.process.kill('SIGKILL');
     }
   });
 
