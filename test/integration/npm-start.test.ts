@@ -25,7 +25,7 @@ interface Run {
 function npmStart(env: Record<string, string>): Run {
   const cleanEnv: NodeJS.ProcessEnv = {
     ...process.env,
-    LOG_LEVEL: 'debug',
+    LOG_LEVEL: 'info',
     HOST: '127.0.0.1',
     NUM_PRE_WORKERS: '1',
     NUM_POST_WORKERS: '1',
