@@ -1,44 +1,132 @@
 import type { Logger } from './logger.js';
 
 /**
- * Process lifecycle: signal handlers are registered once; the first SIGINT/SIGTERM starts a
- * graceful shutdown, a second one (or the timeout, DRAIN_TIMEOUT_MS) forces the exit.
+ * The process lifecycle, one module for every process of the stack (the roles, the gateway's
+ * cluster primary, the supervisor), after graphile-worker's: signal handlers are installed once,
+ * when the process starts (a SIGTERM during a two-minute model load is handled too); the first
+ * SIGINT/SIGTERM starts the graceful stop the process registered (`onStop`), forced after the
+ * drain timeout; a second signal forces at once; and the process ends by re-raising the signal
+ * it got, so its parent sees it ended by that signal.
+ *
+ * A stop can also come from inside (`stop`): the process that started this one is gone, or a
+ * child keeps crashing. Such a stop ends with the exit code given.
  */
-export function handleShutdown(log: Logger, close: () => Promise<void>, timeoutMs: number): void {
-  let shuttingDown = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (shuttingDown) {
-      log.warn({ signal }, 'second signal: exiting now');
-      process.exit(1);
+export interface Lifecycle {
+  /**
+   * What a graceful stop does, set once the process has something to drain. Before it is set, a
+   * signal ends the process at once (nothing was accepted yet).
+   */
+  onStop(close: () => Promise<void>): void;
+  /** Starts the graceful stop from inside, to end with `exitCode`. Idempotent. */
+  stop(reason: string, exitCode: number): void;
+  /** Whether a stop has started. */
+  readonly stopping: boolean;
+}
+
+export interface LifecycleOptions {
+  /** How long the graceful stop may take before the process is forced to end (DRAIN_TIMEOUT_MS). */
+  timeoutMs: number;
+  /**
+   * Stop when this process's parent is no longer `parentPid` (it died and this process was
+   * re-parented): a process nobody can stop any more stops itself. Checked every 500 ms.
+   * @defaultValue not watched
+   */
+  parentPid?: number;
+  /**
+   * A repeat of the first signal within this time is the same request, not a second one: a
+   * terminal's Ctrl-C reaches npm, which passes it on, and npm's child, in the same group.
+   * @defaultValue 1000
+   */
+  repeatWindowMs?: number;
+  /** Called just before a forced end (second signal, timeout): kill what must not outlive it. */
+  onForce?: () => void;
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
+/**
+ * Installs the lifecycle of this process: call it first thing in an entry point.
+ *
+ * @param log where the stop's steps are logged
+ */
+export function installLifecycle(log: Logger, opts: LifecycleOptions): Lifecycle {
+  let close: (() => Promise<void>) | undefined;
+  let stopping: Promise<void> | undefined;
+  let firstSignalAt = 0;
+  const repeatWindowMs = opts.repeatWindowMs ?? 1000;
+
+  /** Ends the process: by re-raising `signal` (handlers removed first), or with `code`. */
+  const end = (signal: NodeJS.Signals | undefined, code: number): void => {
+    if (!signal) process.exit(code);
+    for (const s of SIGNALS) process.removeAllListeners(s);
+    process.kill(process.pid, signal);
+  };
+  /** Ends the process now, after the caller's last words (`onForce`). */
+  const force = (why: string, details: Record<string, unknown>): void => {
+    log.error(details, why);
+    opts.onForce?.();
+    process.exit(1);
+  };
+
+  const begin = (reason: string, signal: NodeJS.Signals | undefined, exitCode: number) => {
+    if (stopping) return;
+    if (!close) {
+      log.info({ signal, reason }, 'stopping during startup');
+      end(signal, exitCode);
+      return;
     }
-    shuttingDown = true;
-    log.info({ signal }, 'shutting down');
-    const force = setTimeout(() => {
-      log.error({ timeoutMs }, 'shutdown timed out: exiting');
-      process.exit(1);
-    }, timeoutMs);
-    force.unref();
-    close().then(
-      () => process.exit(0),
+    log.info({ signal, reason }, 'shutting down');
+    setTimeout(
+      () => force('shutdown timed out: exiting', { timeoutMs: opts.timeoutMs }),
+      opts.timeoutMs,
+    ).unref();
+    const graceful = close;
+    stopping = graceful().then(
+      () => end(signal, exitCode),
       (err: unknown) => {
         log.error({ err }, 'shutdown failed');
         process.exit(1);
       },
     );
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  // Under `npm start` each role runs in its own process group (so a terminal's Ctrl-C reaches
-  // only the supervisor); if the supervisor dies without stopping it, the role stops itself.
-  const supervisor = Number(process.env['SUPERVISOR_PID'] ?? 0);
-  if (supervisor > 0) {
-    setInterval(() => {
-      if (process.ppid !== supervisor) onSignal('SIGTERM');
-    }, 1000).unref();
+
+  for (const signal of SIGNALS) {
+    process.on(signal, () => {
+      if (firstSignalAt === 0) {
+        firstSignalAt = Date.now();
+        begin('signal', signal, 0);
+        return;
+      }
+      if (Date.now() - firstSignalAt < repeatWindowMs) return;
+      force('second signal: exiting now', { signal });
+    });
   }
+
+  if (opts.parentPid !== undefined) {
+    const parentPid = opts.parentPid;
+    setInterval(() => {
+      if (process.ppid !== parentPid) begin(`parent process ${parentPid} is gone`, undefined, 0);
+    }, 500).unref();
+  }
+
+  return {
+    onStop(fn) {
+      close = once(fn);
+    },
+    stop(reason, exitCode) {
+      begin(reason, undefined, exitCode);
+    },
+    get stopping() {
+      return stopping !== undefined;
+    },
+  };
 }
 
-/** Runs each cleanup step in order, logging and continuing past failures. */
+/**
+ * Runs each cleanup step in order, logging and continuing past failures.
+ *
+ * @param steps `[name, step]` pairs; a step's rejection is logged with its name
+ */
 export async function closeInOrder(
   log: Logger,
   steps: Array<[string, () => Promise<unknown>]>,
@@ -59,10 +147,19 @@ export function once(fn: () => Promise<void>): () => Promise<void> {
   return () => (p ??= fn());
 }
 
-/** Exits with one clear line for errors at startup (bad config, missing model, ...). */
+/**
+ * Exits with one clear line on stderr for errors at startup (bad config, missing model, ...);
+ * the supervisor shows that line as the reason the stack did not start.
+ */
 export function exitOnStartupError(log: Logger, err: unknown): never {
   const message = err instanceof Error ? err.message : String(err);
   log.fatal({ err }, `startup failed: ${message}`);
   process.stderr.write(`startup failed: ${message}\n`);
   process.exit(1);
+}
+
+/** The supervisor's pid when this process runs under `npm start` (SUPERVISOR_PID), else undefined. */
+export function supervisorPid(): number | undefined {
+  const pid = Number(process.env['SUPERVISOR_PID'] ?? 0);
+  return pid > 0 ? pid : undefined;
 }

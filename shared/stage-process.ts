@@ -6,7 +6,7 @@ import { loadConfigOrExit, type Config } from './config.js';
 import type { QueueName } from './contracts.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 import { Keys } from './keys.js';
-import { closeInOrder, exitOnStartupError, handleShutdown, once } from './lifecycle.js';
+import { closeInOrder, exitOnStartupError, installLifecycle, supervisorPid } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
 import { createRegistry, registerQueueGauge, serveMetrics, StageMetrics } from './metrics.js';
 import { createQueue, createStageWorker, type StageWorkerOptions } from './queues.js';
@@ -56,6 +56,12 @@ export function runStage<Q extends QueueName>(
 ): void {
   const config = loadConfigOrExit();
   const log = createLogger(queue, config.logLevel);
+  // First thing: a signal during a long model load is handled too. Under `npm start` the role
+  // stops by itself if the supervisor dies without stopping it.
+  const lifecycle = installLifecycle(log, {
+    timeoutMs: config.drainTimeoutMs,
+    parentPid: supervisorPid(),
+  });
   // Starts with the host name, so a container's healthcheck can find its own heartbeat.
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   const keys = new Keys(config.redis.prefix);
@@ -107,24 +113,20 @@ export function runStage<Q extends QueueName>(
     );
     beat = () => heartbeat.beat();
     for (const s of served) log.info({ concurrency: s.concurrency }, `${s.queue} worker ready`);
-    handleShutdown(
-      log,
-      once(() =>
-        closeInOrder(log, [
-          ['heartbeat', () => cleanupWithRedis(client, () => heartbeat.close())],
-          // Stops taking jobs and waits for the active ones, unless Redis is gone: then they
-          // cannot finish anyway, and other workers take them up once Redis is back.
-          ['worker', () => Promise.all(workers.map((w) => w.close(client.status !== 'ready')))],
-          ...(stage.close ?? []),
-          ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
-          [
-            'queue',
-            () => cleanupWithRedis(client, () => Promise.all(ownQueues.map((q) => q.close()))),
-          ],
-          ['redis', () => Promise.all([...connections, client].map((c) => closeRedis(c)))],
-        ]),
-      ),
-      config.drainTimeoutMs,
+    lifecycle.onStop(() =>
+      closeInOrder(log, [
+        ['heartbeat', () => cleanupWithRedis(client, () => heartbeat.close())],
+        // Stops taking jobs and waits for the active ones, unless Redis is gone: then they
+        // cannot finish anyway, and other workers take them up once Redis is back.
+        ['worker', () => Promise.all(workers.map((w) => w.close(client.status !== 'ready')))],
+        ...(stage.close ?? []),
+        ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
+        [
+          'queue',
+          () => cleanupWithRedis(client, () => Promise.all(ownQueues.map((q) => q.close()))),
+        ],
+        ['redis', () => Promise.all([...connections, client].map((c) => closeRedis(c)))],
+      ]),
     );
   })().catch((err: unknown) => exitOnStartupError(log, err));
 }

@@ -4,12 +4,19 @@ import { randomUUID } from 'node:crypto';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
 import { Keys } from '../../shared/keys.js';
-import { closeInOrder, exitOnStartupError, handleShutdown, once } from '../../shared/lifecycle.js';
+import {
+  closeInOrder,
+  exitOnStartupError,
+  installLifecycle,
+  supervisorPid,
+  type Lifecycle,
+} from '../../shared/lifecycle.js';
 import { createLogger, type Logger } from '../../shared/logger.js';
 import { createRegistry, registerQueueGauge } from '../../shared/metrics.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue } from '../../shared/queues.js';
 import { cleanupWithRedis, closeRedis, createRedis, watchRestarts } from '../../shared/redis.js';
+import { Supervised } from '../../shared/supervised.js';
 import { GatewayMetrics } from './metrics.js';
 import { ResultWaiter } from './result-waiter.js';
 import { buildServer } from './server.js';
@@ -17,18 +24,23 @@ import { buildServer } from './server.js';
 /**
  * The gateway role: the HTTP API in front of the pipeline. With NUM_WORKERS > 1 this process
  * becomes a cluster primary that runs that many gateway processes sharing the port (each with
- * its own reply list), and restarts any that dies.
+ * its own reply list), and restarts any that dies, with the supervisor's backoff and crash cap.
  */
 const config = loadConfigOrExit();
 const log = createLogger('gateway', config.logLevel);
+// Under `npm start` (or the cluster primary) the parent is watched: a gateway left alone stops.
+const lifecycle = installLifecycle(log, {
+  timeoutMs: config.drainTimeoutMs,
+  parentPid: supervisorPid(),
+});
 
 if (cluster.isPrimary && config.supervisor.gatewayProcesses > 1) {
-  runPrimary(config.supervisor.gatewayProcesses, log);
+  runPrimary(config.supervisor.gatewayProcesses, log, lifecycle);
 } else {
-  serve(config, log).catch((err: unknown) => exitOnStartupError(log, err));
+  serve(config, log, lifecycle).catch((err: unknown) => exitOnStartupError(log, err));
 }
 
-async function serve(config: Config, log: Logger): Promise<void> {
+async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise<void> {
   const gatewayId = randomUUID();
   const keys = new Keys(config.redis.prefix);
   const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client');
@@ -75,18 +87,14 @@ async function serve(config: Config, log: Logger): Promise<void> {
   const address = await app.listen({ host: config.gateway.host, port: config.gateway.port });
   log.info({ address, gatewayId }, 'gateway listening');
 
-  handleShutdown(
-    log,
-    once(() =>
-      closeInOrder(log, [
-        // close() stops accepting connections and waits for in-flight requests to answer.
-        ['http', () => app.close()],
-        ['waiter', () => waiter.close()],
-        ['queues', () => cleanupWithRedis(redis, () => Promise.all(queues.map((q) => q.close())))],
-        ['redis', () => closeRedis(redis)],
-      ]),
-    ),
-    config.drainTimeoutMs,
+  lifecycle.onStop(() =>
+    closeInOrder(log, [
+      // close() stops accepting connections and waits for in-flight requests to answer.
+      ['http', () => app.close()],
+      ['waiter', () => waiter.close()],
+      ['queues', () => cleanupWithRedis(redis, () => Promise.all(queues.map((q) => q.close())))],
+      ['redis', () => closeRedis(redis)],
+    ]),
   );
 }
 
@@ -101,26 +109,26 @@ async function holdsWork(redis: Redis, keys: Keys, ids: string[]): Promise<boole
   return results.map(([err, n]) => err !== null || Number(n) > 0);
 }
 
-function runPrimary(count: number, log: Logger): void {
-  let stopping = false;
-  // The workers' parent is this primary: they stop if it dies (see lifecycle.ts).
-  const fork = () => cluster.fork({ SUPERVISOR_PID: String(process.pid) });
-  for (let i = 0; i < count; i++) fork();
-  cluster.on('exit', (worker, code, signal) => {
-    if (stopping) {
-      if (Object.keys(cluster.workers ?? {}).length === 0) process.exit(0);
-      return;
-    }
-    log.warn({ pid: worker.process.pid, code, signal }, 'gateway process exited; restarting');
-    setTimeout(fork, 500);
+/**
+ * The cluster primary: `count` gateway processes sharing the port, each supervised (restarted
+ * with backoff; one that keeps crashing stops the gateway with an error). A stop stops them all
+ * and waits for their drain.
+ */
+function runPrimary(count: number, log: Logger, lifecycle: Lifecycle): void {
+  // The workers' parent is this primary: they stop if it dies (lifecycle.ts).
+  const env = { ...process.env, SUPERVISOR_PID: String(process.pid) };
+  const workers = Array.from(
+    { length: count },
+    (_, i) =>
+      new Supervised({
+        name: `gateway#${i + 1}`,
+        spawn: () => cluster.fork(env).process,
+        log,
+        onGiveUp: (name, crashes) =>
+          lifecycle.stop(`${name} keeps crashing (${crashes} times in a minute)`, 1),
+      }),
+  );
+  lifecycle.onStop(async () => {
+    await Promise.all(workers.map((w) => w.stop(config.drainTimeoutMs)));
   });
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.on(sig, () => {
-      if (stopping) process.exit(1);
-      stopping = true;
-      const workers = Object.values(cluster.workers ?? {});
-      if (workers.length === 0) process.exit(0);
-      for (const w of workers) w?.process.kill('SIGTERM');
-    });
-  }
 }

@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
+import { installLifecycle } from '../../shared/lifecycle.js';
 import { createLogger } from '../../shared/logger.js';
 import {
   spawnRedisServer,
@@ -12,7 +13,7 @@ import {
   waitForRedis,
   type Role,
 } from './processes.js';
-import { Supervised } from './supervised.js';
+import { Supervised } from '../../shared/supervised.js';
 
 /**
  * `npm start`: runs the whole stack on this machine, every role as its own process, connected
@@ -32,13 +33,29 @@ const config = loadConfigOrExit();
 const log = createLogger('supervisor', config.logLevel);
 const keys = new Keys(config.redis.prefix);
 
+/** Time the roles get beyond DRAIN_TIMEOUT_MS to close their connections and exit. */
+const SHUTDOWN_MARGIN_MS = 5000;
+
+const processes: Supervised[] = [];
+let redisProcess: Supervised | undefined;
+
+// Installed before anything starts. The process that started this one (npm, a shell) is
+// watched: once it is gone nobody can stop the stack but by hand, so it stops (a SIGTERM to
+// `npm start` used to end npm's shell without passing the signal on).
+const lifecycle = installLifecycle(log, {
+  timeoutMs: config.drainTimeoutMs + SHUTDOWN_MARGIN_MS + 2000,
+  parentPid: process.ppid,
+  onForce: () => {
+    for (const p of processes) p.kill();
+    redisProcess?.kill();
+  },
+});
+lifecycle.onStop(stopStack);
+
 class StartupError extends Error {
   override readonly name = 'StartupError';
 }
 
-const processes: Supervised[] = [];
-let redisProcess: Supervised | undefined;
-let stopping: Promise<void> | undefined;
 let lastStartupLine: string | undefined;
 
 async function main(): Promise<void> {
@@ -179,13 +196,13 @@ async function waitFor(
   let exited = false;
   for (const p of started) void p.exited().then(() => (exited = true));
   const until = Date.now() + timeoutMs;
-  while (!exited && !stopping) {
+  while (!exited && !lifecycle.stopping) {
     if (await ready()) return;
     if (Date.now() > until)
       throw new StartupError(`${what} did not become ready within ${timeoutMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  if (!stopping)
+  if (!lifecycle.stopping)
     throw new StartupError(lastStartupLine ?? `${what} exited during startup (see its log above)`);
 }
 
@@ -211,64 +228,29 @@ function giveUp(name: string, crashes: number): void {
   process.stderr.write(
     `${name} keeps crashing (${crashes} times in a minute; see its log above): stopping the stack\n`,
   );
-  void shutdown(1);
+  lifecycle.stop(`${name} keeps crashing`, 1);
 }
-
-/** Time the roles get beyond DRAIN_TIMEOUT_MS to close their connections and exit. */
-const SHUTDOWN_MARGIN_MS = 5000;
 
 /**
  * Stops the stack in order: intake first (the gateway drains its in-flight requests), the
  * workers, the model, and Redis after everything that uses it. The phases share one deadline,
  * DRAIN_TIMEOUT_MS + SHUTDOWN_MARGIN_MS from now: a process still running when its phase's
  * share is spent is killed, so a stack whose Redis is gone stops in one drain timeout, not one
- * per phase. Idempotent.
+ * per phase.
  */
-function shutdown(code: number): Promise<void> {
-  stopping ??= (async () => {
-    const until = Date.now() + config.drainTimeoutMs + SHUTDOWN_MARGIN_MS;
-    for (const roles of [['gateway'], ['pre', 'post'], ['infer']]) {
-      const left = Math.max(0, until - Date.now());
-      await Promise.all(
-        processes.filter((p) => roles.includes(p.name.split('#')[0]!)).map((p) => p.stop(left)),
-      );
-    }
-    await redisProcess?.stop(Math.max(1000, until - Date.now()));
-    process.exit(code);
-  })();
-  return stopping;
+async function stopStack(): Promise<void> {
+  const until = Date.now() + config.drainTimeoutMs + SHUTDOWN_MARGIN_MS;
+  for (const roles of [['gateway'], ['pre', 'post'], ['infer']]) {
+    const left = Math.max(0, until - Date.now());
+    await Promise.all(
+      processes.filter((p) => roles.includes(p.name.split('#')[0]!)).map((p) => p.stop(left)),
+    );
+  }
+  await redisProcess?.stop(Math.max(1000, until - Date.now()));
 }
-
-/** Repeats of a signal within this time are the same request (a terminal's Ctrl-C reaches npm,
- * which passes it on, and this process, which is in the same process group). */
-const SIGNAL_REPEAT_MS = 1000;
-let firstSignalAt: number | undefined;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (firstSignalAt !== undefined) {
-      if (Date.now() - firstSignalAt < SIGNAL_REPEAT_MS) return;
-      log.warn({ signal }, 'second signal: killing every process');
-      for (const p of processes) p.kill();
-      redisProcess?.kill();
-      process.exit(1);
-    }
-    firstSignalAt = Date.now();
-    log.info({ signal }, 'stopping the stack');
-    void shutdown(0);
-  });
-}
-
-// The process that started this one (npm, a shell) is gone: nobody can stop the stack any more
-// but by hand, so it stops now. A SIGTERM to `npm start` ends npm's shell without passing on.
-const parentPid = process.ppid;
-setInterval(() => {
-  if (process.ppid === parentPid || stopping) return;
-  log.warn({ parentPid }, 'the process that started the stack is gone: stopping the stack');
-  void shutdown(0);
-}, 500).unref();
 
 main().catch((err: unknown) => {
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`startup failed: ${message}\n`);
-  void shutdown(1);
+  lifecycle.stop('startup failed', 1);
 });

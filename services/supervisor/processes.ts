@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
+export { stopProcess } from '../../shared/supervised.js';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { extname } from 'node:path';
@@ -170,18 +171,5 @@ export async function waitForRedis(url: string, timeoutMs: number): Promise<void
     }
   } finally {
     redis.disconnect();
-  }
-}
-
-/** Sends SIGTERM and waits for the exit; SIGKILL after timeoutMs. */
-export async function stopProcess(child: ChildProcess, timeoutMs = 10_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  try {
-    await exited;
-  } finally {
-    clearTimeout(timer);
   }
 }

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { Redis } from 'ioredis';
 import { freePort, startRedisServer } from '../../services/supervisor/processes.js';
-import { Supervised } from '../../services/supervisor/supervised.js';
+import { Supervised } from '../../shared/supervised.js';
 import { createLogger } from '../../shared/logger.js';
 import { drawImage } from '../helpers/images.js';
 
@@ -149,7 +149,9 @@ describe('npm start, stopped and broken from outside', () => {
       run.child.kill('SIGTERM');
       await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
       process.stdout.write(`# npm start stopped ${Date.now() - stopAt} ms after SIGTERM to npm\n`);
-      assert.ok(events(run).some((e) => e['msg'] === 'stopping the stack'));
+      assert.ok(
+        events(run).some((e) => e['role'] === 'supervisor' && e['msg'] === 'shutting down'),
+      );
       await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
     } finally {
       run.child.kill('SIGKILL');

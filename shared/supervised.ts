@@ -1,9 +1,10 @@
 import type { ChildProcess } from 'node:child_process';
-import type { Logger } from '../../shared/logger.js';
-import { stopProcess } from './processes.js';
+import { once } from 'node:events';
+import type { Logger } from './logger.js';
 
 /**
- * One process under supervision: a role, or the private redis-server of `npm start`. An exit nobody asked for is a crash: the process is
+ * One process under supervision: a role or the private redis-server of `npm start`, or a
+ * gateway process of the gateway's cluster primary. An exit nobody asked for is a crash: the process is
  * started again after a backoff that doubles with each recent crash (0.5 s, 1 s, 2 s … 10 s).
  * A process that crashes more than MAX_CRASHES times within CRASH_WINDOW_MS is given up on,
  * so a broken setup stops with a clear error instead of restarting forever.
@@ -104,5 +105,21 @@ export class Supervised {
         `${this.name} restarted`,
       );
     }, delay);
+  }
+}
+
+/**
+ * Sends SIGTERM and waits for the exit; SIGKILL after `timeoutMs`.
+ * @defaultValue timeoutMs 10000
+ */
+export async function stopProcess(child: ChildProcess, timeoutMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  try {
+    await exited;
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, test } from 'node:test';
+import { startRedis, startStack, type RedisHandle } from '../helpers/stack.js';
+
+/**
+ * One lifecycle for every process (shared/lifecycle.ts): a signal during a long startup is
+ * handled at once, a stop ends by re-raising the signal, and the gateway's cluster primary
+ * restarts its processes with the supervisor's backoff.
+ */
+let redis: RedisHandle | undefined;
+let trickler: Server | undefined;
+after(async () => {
+  trickler?.closeAllConnections();
+  trickler?.close();
+  await redis?.stop();
+});
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('SIGTERM while the inference process is still loading its model ends it at once, by that signal', async () => {
+  redis = await startRedis();
+  // A model download that never finishes keeps the inference process in its startup.
+  trickler = createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': '10000000' });
+    const timer = setInterval(() => res.write('x'), 200);
+    res.once('close', () => clearInterval(timer));
+  });
+  trickler.listen(0, '127.0.0.1');
+  await once(trickler, 'listening');
+  const url = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/model.onnx`;
+  const stack = await startStack({
+    redisUrl: redis.url,
+    roles: ['infer'],
+    waitReady: false,
+    env: { MODEL_URL: url, LOG_LEVEL: 'info' },
+  });
+  const infer = stack.roles[0]!;
+  try {
+    await sleep(1500);
+    assert.equal(infer.process.exitCode, null, infer.output.join('\n'));
+    const sentAt = Date.now();
+    infer.process.kill('SIGTERM');
+    await once(infer.process, 'exit');
+    assert.ok(Date.now() - sentAt < 2000, `took ${Date.now() - sentAt} ms`);
+    assert.equal(infer.process.signalCode, 'SIGTERM');
+    assert.ok(infer.output.some((l) => l.includes('stopping during startup')));
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('the gateway cluster primary restarts a killed gateway process and stops them all on SIGTERM', async () => {
+  redis ??= await startRedis();
+  const stack = await startStack({
+    redisUrl: redis.url,
+    env: { NUM_WORKERS: '2', LOG_LEVEL: 'info' },
+  });
+  try {
+    const primary = stack.roles.find((r) => r.role === 'gateway')!;
+    const pids = () =>
+      stack
+        .logs('gateway')
+        .map((l) => /"pid":(\d+).*"msg":"gateway listening"/.exec(l)?.[1])
+        .filter((p): p is string => p !== undefined)
+        .map(Number);
+    for (let i = 0; pids().length < 2 && i < 100; i++) await sleep(100);
+    const [first] = pids();
+    process.kill(first!, 'SIGKILL');
+    for (let i = 0; pids().length < 3 && i < 100; i++) await sleep(100);
+    assert.equal(pids().length, 3, stack.logs('gateway').slice(-10).join('\n'));
+    assert.ok(stack.logs('gateway').some((l) => l.includes('gateway#1 restarted')));
+    assert.equal((await fetch(`${stack.url}/healthz`)).status, 200);
+    primary.process.kill('SIGTERM');
+    await once(primary.process, 'exit');
+    assert.equal(primary.process.signalCode, 'SIGTERM');
+    for (const pid of pids()) assert.equal(alive(pid), false, `gateway process ${pid} still runs`);
+  } finally {
+    await stack.stop();
+  }
+});
