@@ -148,7 +148,7 @@ export interface Config {
     /** Whether the one-model shortcut's model is pinned (MODELS_FILE entries say it themselves). */
     modelPinned: boolean;
     classNamesPath: string | undefined;
-    /** Output layout; undefined detects it (see services/infer/model-layout.ts). */
+    /** Output layout; undefined detects it (see services/infer/layout-detection.ts). */
     layout: ModelLayout | undefined;
     modelUrl: string | undefined;
     modelSha256: string | undefined;

@@ -133,7 +133,7 @@ export interface ModelDescription {
   loaded: boolean;
   /** Pinned models are loaded at start and never unloaded. */
   pinned: boolean;
-  /** Output layout `infer` decodes (see model-layout.ts). */
+  /** Output layout `infer` decodes (see shared/model-layout.ts). */
   layout: ModelLayout;
   /** How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest. */
   preprocessing: Preprocessing;

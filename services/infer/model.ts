@@ -12,8 +12,8 @@ import {
   parseClassNames,
   parseRecommendedConfidence,
   readOnnxMetadata,
-} from '../../shared/onnx/model-metadata.js';
-import { detectLayout, LayoutError, type DetectedLayout } from './model-layout.js';
+} from './onnx/model-metadata.js';
+import { detectLayout, LayoutError, type DetectedLayout } from './layout-detection.js';
 import type { CandidateFilter } from './output-decoder.js';
 import {
   DEFAULT_THREADS,
@@ -31,7 +31,7 @@ import { buildTinyDetector } from './tiny-model/tiny-model.js';
 
 /**
  * The onnxruntime adapter: loads one ONNX detector on its own thread (session-thread.ts),
- * works out its input size, batch dimension, output layout (model-layout.ts, from one warm-up
+ * works out its input size, batch dimension, output layout (layout-detection.ts, from one warm-up
  * run on zeros) and class names, and runs batches of letterboxed uint8 images on it.
  */
 export interface ModelOptions {

@@ -1,5 +1,5 @@
 import { CANDIDATE_STRIDE } from '../../shared/candidates.js';
-import type { ModelLayout, Preprocessing } from '../../shared/model-layout.js';
+import type { ModelLayout } from '../../shared/model-layout.js';
 
 /**
  * Turns one image's slice of a detector's output into packed candidates (see
@@ -325,36 +325,4 @@ function float32Below(x: number): number {
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
-}
-
-/**
- * Converts a batch of HWC RGB uint8 images into one NCHW float32 tensor, in the model's channel
- * order, each value multiplied by `scale` (1/255 for inputs in 0..1).
- */
-export function hwcToNchwFloat(
-  src: Uint8Array,
-  batch: number,
-  height: number,
-  width: number,
-  dst: Float32Array,
-  prep: Pick<Preprocessing, 'channelOrder' | 'scale'> = { channelOrder: 'rgb', scale: 1 / 255 },
-): void {
-  const plane = height * width;
-  const { scale } = prep;
-  // Destination plane of the source's R and B bytes.
-  const rPlane = prep.channelOrder === 'rgb' ? 0 : 2 * plane;
-  const bPlane = 2 * plane - rPlane;
-  for (let b = 0; b < batch; b++) {
-    const s0 = b * plane * 3;
-    const d0 = b * plane * 3;
-    const r0 = d0 + rPlane;
-    const g0 = d0 + plane;
-    const b0 = d0 + bPlane;
-    for (let p = 0; p < plane; p++) {
-      const s = s0 + p * 3;
-      dst[r0 + p] = src[s]! * scale;
-      dst[g0 + p] = src[s + 1]! * scale;
-      dst[b0 + p] = src[s + 2]! * scale;
-    }
-  }
 }

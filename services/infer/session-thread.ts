@@ -1,6 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { decoderFor, hwcToNchwFloat, type Decoder } from './output-decoder.js';
+import { hwcToNchwFloat } from './input-tensor.js';
+import { decoderFor, type Decoder } from './output-decoder.js';
 import type {
   ConfigureRequest,
   ExecutionProvider,

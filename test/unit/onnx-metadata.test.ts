@@ -9,12 +9,12 @@ import {
   decodePackedVarints,
   decodeString,
   readFields,
-} from '../../shared/onnx/protobuf.js';
+} from '../../services/infer/onnx/protobuf.js';
 import {
   parseClassNames,
   parseRecommendedConfidence,
   readOnnxMetadata,
-} from '../../shared/onnx/model-metadata.js';
+} from '../../services/infer/onnx/model-metadata.js';
 import { buildTinyDetector } from '../../services/infer/tiny-model/tiny-model.js';
 import { DataType, attrInt, encodeModel } from '../../services/infer/tiny-model/onnx-builder.js';
 

@@ -7,12 +7,12 @@ import {
   decodeYolov5,
   decodeYolov8,
   decodeYolox,
-  hwcToNchwFloat,
   yoloxGrid,
 } from '../../services/infer/output-decoder.js';
+import { hwcToNchwFloat } from '../../services/infer/input-tensor.js';
 import type { CandidateFilter } from '../../services/infer/output-decoder.js';
-import { detectLayout, gridCells, LayoutError } from '../../services/infer/model-layout.js';
-import type { LayoutQuery } from '../../services/infer/model-layout.js';
+import { detectLayout, gridCells, LayoutError } from '../../services/infer/layout-detection.js';
+import type { LayoutQuery } from '../../services/infer/layout-detection.js';
 import { CANDIDATE_STRIDE, decodeCandidates, encodeCandidates } from '../../shared/candidates.js';
 import type { Candidate } from '../../shared/candidates.js';
 

@@ -7,7 +7,7 @@ import {
   TINY_CLASS_NAMES,
   TINY_DUPLICATE_SCORE,
 } from '../../services/infer/tiny-model/tiny-model.js';
-import { parseClassNames, readOnnxMetadata } from '../../shared/onnx/model-metadata.js';
+import { parseClassNames, readOnnxMetadata } from '../../services/infer/onnx/model-metadata.js';
 
 const S = 320;
 const NC = TINY_CLASS_NAMES.length;

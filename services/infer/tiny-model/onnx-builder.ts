@@ -8,7 +8,7 @@
  *
  * Output is deterministic: everything is emitted in insertion order and nothing depends on time.
  */
-import { ProtoWriter } from '../../../shared/onnx/protobuf.js';
+import { ProtoWriter } from '../onnx/protobuf.js';
 
 const Model = {
   irVersion: 1,

@@ -32,7 +32,7 @@
  * Metadata mimics an Ultralytics export: names = "{0: 'red', 1: 'green', 2: 'blue'}",
  * imgsz = "[S, S]", task = "detect", plus a short description, and `layout` = "yolov8": six
  * anchors match no grid of strides 8/16/32, so the layout is named for the server's layout
- * detection (services/infer/model-layout.ts). Opset 13, IR version 7.
+ * detection (services/infer/layout-detection.ts). Opset 13, IR version 7.
  * The bytes are fully deterministic for given options.
  *
  * The same detector can emit the other families' layouts, for tests of their decoders through
