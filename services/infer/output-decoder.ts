@@ -7,7 +7,8 @@ import type { ModelLayout } from '../../shared/model-layout.js';
  * output layout (shared/model-layout.ts). Every decoder keeps candidates whose score is at
  * least the threshold (inclusive, compared in float32), lets only the allowed classes compete
  * for an anchor's best class, and keeps the `maxCandidates` highest scores (earlier anchors win
- * ties).
+ * ties). This is the one place candidates are filtered: `post` runs NMS (which orders them) on
+ * what comes out.
  */
 export interface CandidateFilter {
   /** Keep anchors whose best (allowed) class score is at least this. */

@@ -5,9 +5,9 @@ import { unletterboxBox, type Letterbox } from '../../shared/letterbox.js';
 import { nonMaxSuppression } from './nms.js';
 
 /**
- * Everything after the model, as plain functions: filter the candidates by confidence and
- * class, run NMS, keep at most max_detections, map boxes back to original-image pixels and
- * build Roboflow's response.
+ * Everything after the model, as plain functions: run NMS on the candidates (already filtered by
+ * confidence, class and max_candidates by the inference process's decoder), keep at most
+ * max_detections, map boxes back to original-image pixels and build Roboflow's response.
  */
 export interface PostprocessInput {
   inferenceId: string;
@@ -19,19 +19,16 @@ export interface PostprocessInput {
   elapsedSeconds: number;
 }
 
+/**
+ * Roboflow's response for one image.
+ *
+ * @param input.candidates in model-input pixels, as `infer` decoded and filtered them
+ * @returns predictions in original-image pixels, centres and sizes rounded to 2 digits,
+ *   confidences to 4
+ */
 export function buildResponse(input: PostprocessInput): DetectionResponse {
   const { params, letterbox, classNames } = input;
-  const allowed = params.classFilter ? new Set(params.classFilter) : null;
-  // Candidate scores are float32 (see output-decoder.ts): compare with the threshold rounded
-  // the same way.
-  const threshold = Math.fround(params.confidence);
-  const eligible = input.candidates
-    .filter(
-      (c) => c.score >= threshold && (!allowed || allowed.has(className(classNames, c.classId))),
-    )
-    .sort((a, b) => b.score - a.score)
-    .slice(0, params.maxCandidates);
-  const kept = nonMaxSuppression(eligible, {
+  const kept = nonMaxSuppression(input.candidates, {
     iouThreshold: params.iouThreshold,
     classAgnostic: params.classAgnosticNms,
     maxDetections: params.maxDetections,

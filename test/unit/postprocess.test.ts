@@ -117,63 +117,6 @@ void test('buildResponse: boxes are clipped to the image and empty ones dropped'
   }
 });
 
-void test('buildResponse: confidence filter is inclusive', () => {
-  const res = buildResponse(
-    input(spread([0.25, 0.5, 0.375, 0.75]), { params: params({ confidence: 0.375 }) }),
-  );
-  assert.deepEqual(
-    res.predictions.map((p) => p.confidence),
-    [0.75, 0.5, 0.375],
-  );
-});
-
-void test('buildResponse: classFilter keeps only the named classes', () => {
-  const cands = [
-    cand(100, 320, 20, 20, 0.9, 0),
-    cand(200, 320, 20, 20, 0.8, 1),
-    cand(300, 320, 20, 20, 0.7, 2),
-    cand(400, 320, 20, 20, 0.6, 1),
-    cand(500, 320, 20, 20, 0.6, 7),
-  ];
-  const res = buildResponse(input(cands, { params: params({ classFilter: ['car', 'dog'] }) }));
-  assert.deepEqual(
-    res.predictions.map((p) => p.class),
-    ['car', 'dog', 'car'],
-  );
-  const none = buildResponse(input(cands, { params: params({ classFilter: ['zebra'] }) }));
-  assert.equal(none.predictions.length, 0);
-  // The fallback name takes part in the filter too.
-  const fallback = buildResponse(input(cands, { params: params({ classFilter: ['class_7'] }) }));
-  assert.deepEqual(
-    fallback.predictions.map((p) => [p.class, p.class_id]),
-    [['class_7', 7]],
-  );
-});
-
-void test('buildResponse: maxCandidates keeps the highest-scoring candidates', () => {
-  const res = buildResponse(
-    input(spread([0.5, 0.9, 0.6, 0.8, 0.7]), { params: params({ maxCandidates: 2 }) }),
-  );
-  assert.deepEqual(
-    res.predictions.map((p) => p.confidence),
-    [0.9, 0.8],
-  );
-});
-
-void test('buildResponse: maxCandidates applies before NMS', () => {
-  // The two best overlap, so NMS keeps one of them; the third never entered.
-  const cands = [
-    cand(100, 320, 40, 40, 0.9),
-    cand(101, 320, 40, 40, 0.85),
-    cand(400, 320, 40, 40, 0.5),
-  ];
-  const res = buildResponse(input(cands, { params: params({ maxCandidates: 2 }) }));
-  assert.deepEqual(
-    res.predictions.map((p) => p.confidence),
-    [0.9],
-  );
-});
-
 void test('buildResponse: NMS is applied per class, or across classes when agnostic', () => {
   const cands = [
     cand(100, 320, 40, 40, 0.9, 0),
