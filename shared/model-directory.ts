@@ -95,6 +95,35 @@ export class ModelDirectory {
   }
 }
 
+/**
+ * The served model a request asks for (`requested`), or the only one served when it names none.
+ * The one place a request's model is resolved (the inference routes and the model routes).
+ *
+ * @param served the directory, model id → description
+ * @throws PipelineError NOT_READY when no model is served (an inference process is starting or
+ *   restarting, or Redis is); MODEL_NOT_FOUND for a model that is not served; INVALID_REQUEST
+ *   when none is named and several are served
+ */
+export function resolveModel(
+  requested: string | undefined,
+  served: ReadonlyMap<string, ModelDescription>,
+): ModelDescription {
+  if (served.size === 0)
+    throw new PipelineError(ErrorCode.NOT_READY, 'no inference process serves a model yet; retry');
+  const ids = () => [...served.keys()].join(', ');
+  if (requested !== undefined) {
+    const desc = served.get(requested);
+    if (desc) return desc;
+    throw new PipelineError(
+      ErrorCode.MODEL_NOT_FOUND,
+      `model '${requested}' is not served here; served: ${ids()}`,
+    );
+  }
+  const [only, ...others] = served.values();
+  if (only && others.length === 0) return only;
+  throw new PipelineError(ErrorCode.INVALID_REQUEST, `model_id is required; served: ${ids()}`);
+}
+
 /** An inference heartbeat's descriptions; a value of another shape publishes nothing. */
 function parseDescriptions(payload: string): ModelDescription[] {
   try {

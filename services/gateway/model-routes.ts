@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { ModelCommand, ModelDescription } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
-import type { ModelDirectory } from '../../shared/model-directory.js';
+import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
 import { routeSchemas } from './openapi.js';
 
 /**
@@ -49,7 +49,7 @@ export function registerModelRoutes(app: FastifyInstance, deps: ModelRoutesDeps)
 
   app.post('/model/add', { schema: routeSchemas.addModel, ...needsKey }, async (req) => {
     const modelId = modelIdOf(req.body);
-    const model = await served(models, modelId);
+    const model = resolveModel(modelId, await models.fresh());
     if (!model.loaded) {
       await command(deps, { op: 'add', modelId }, (all) => all.get(modelId)?.loaded === true);
     }
@@ -58,7 +58,7 @@ export function registerModelRoutes(app: FastifyInstance, deps: ModelRoutesDeps)
 
   app.post('/model/remove', { schema: routeSchemas.removeModel, ...needsKey }, async (req) => {
     const modelId = modelIdOf(req.body);
-    const model = await served(models, modelId);
+    const model = resolveModel(modelId, await models.fresh());
     if (model.pinned) {
       throw new PipelineError(
         ErrorCode.MODEL_PINNED,
@@ -96,18 +96,6 @@ function modelIdOf(body: unknown): string {
     throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');
   }
   return modelId;
-}
-
-async function served(models: ModelDirectory, modelId: string): Promise<ModelDescription> {
-  const all = await models.fresh();
-  const model = all.get(modelId);
-  if (!model) {
-    throw new PipelineError(
-      ErrorCode.MODEL_NOT_FOUND,
-      `model '${modelId}' is not served here; served: ${[...all.keys()].join(', ') || 'none'}`,
-    );
-  }
-  return model;
 }
 
 /** Sends a command to the inference process and waits until the descriptions show it done. */

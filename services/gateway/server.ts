@@ -13,7 +13,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
-import type { DetectionParams, ModelDescription, PreJob } from '../../shared/contracts.js';
+import type { DetectionParams, PreJob } from '../../shared/contracts.js';
 import { withDeadline, withTimeout } from '../../shared/deadline.js';
 import {
   ErrorCode,
@@ -27,7 +27,7 @@ import {
 import { listAlive } from '../../shared/heartbeat.js';
 import type { Keys } from '../../shared/keys.js';
 import type { Logger } from '../../shared/logger.js';
-import type { ModelDirectory } from '../../shared/model-directory.js';
+import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
 import {
@@ -214,7 +214,7 @@ export async function buildServer(deps: GatewayDeps) {
         'no result arrived before the request deadline',
       );
     const served = await withDeadline(models.all(), deadline, late);
-    const modelId = resolveModelId(parsed.modelId, served);
+    const modelId = resolveModel(parsed.modelId, served).model_id;
     metrics.imagesPerRequest.observe(parsed.images.length);
     // A client that goes away stops the work still ahead for its images.
     const abandoned = new AbortController();
@@ -289,29 +289,6 @@ async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise
   if (req.isMultipart()) return parseQueryRequest(query, await readMultipartImage(req));
   if (Buffer.isBuffer(req.body)) return parseQueryRequest(query, req.body);
   return parseJsonRequest(req.body, maxImages);
-}
-
-/** The served model a request asks for; the only one when it names none. */
-function resolveModelId(
-  requested: string | undefined,
-  served: Map<string, ModelDescription>,
-): string {
-  // No live inference process publishes a model: it is starting, restarting, or Redis is.
-  if (served.size === 0)
-    throw new PipelineError(ErrorCode.NOT_READY, 'no inference process serves a model yet; retry');
-  if (requested !== undefined) {
-    if (served.has(requested)) return requested;
-    throw new PipelineError(
-      ErrorCode.MODEL_NOT_FOUND,
-      `model '${requested}' is not served here; served: ${[...served.keys()].join(', ') || 'none'}`,
-    );
-  }
-  const ids = [...served.keys()];
-  if (ids.length === 1) return ids[0]!;
-  throw new PipelineError(
-    ErrorCode.INVALID_REQUEST,
-    `model_id is required; served: ${ids.join(', ')}`,
-  );
 }
 
 interface PipelineRun {
