@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
-import { Batcher } from '../services/infer/batcher.js';
+import { BatchScheduler } from '../services/infer/batcher.js';
 import { detectionParams, loadInlineDetector } from './inline-detector.js';
 import { summarise, type LatencySummary } from './latency.js';
 import { round } from './proc-stats.js';
@@ -66,12 +66,14 @@ const rssAtRestMiB = round(process.memoryUsage().rss / 2 ** 20, 1);
 type Item = { pixels: Buffer };
 let batches = 0;
 let batchedImages = 0;
-const batcher = new Batcher<Item, Float32Array>({
-  maxBatchSize: detector.model.maxBatch,
+// One lane: dynamic batching for one model, as the inference process runs it.
+const batcher = new BatchScheduler<Item, Float32Array>({
+  laneOf: () => '',
+  maxBatchOf: () => detector.model.description.batch_size,
   maxDelayMs: 5,
   deadlineOf: () => Infinity,
   expiredError: () => new Error('expired'),
-  run: async (items) => {
+  run: async (_lane, items) => {
     batches++;
     batchedImages += items.length;
     return detector.infer(

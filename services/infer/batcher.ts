@@ -188,27 +188,3 @@ export class BatchScheduler<I, O> {
       });
   }
 }
-
-/** Options of a one-lane scheduler. */
-export interface BatcherOptions<I, O> {
-  maxBatchSize: number;
-  maxDelayMs: number;
-  /** Runs one batch; must return one output per item, in order. */
-  run: (items: I[]) => Promise<O[]>;
-  deadlineOf: (item: I) => number;
-  expiredError: (item: I) => Error;
-}
-
-/** The scheduler with a single lane: dynamic batching for one model. */
-export class Batcher<I, O> extends BatchScheduler<I, O> {
-  constructor(opts: BatcherOptions<I, O>) {
-    super({
-      maxDelayMs: opts.maxDelayMs,
-      laneOf: () => '',
-      maxBatchOf: () => opts.maxBatchSize,
-      run: (_lane, items) => opts.run(items),
-      deadlineOf: opts.deadlineOf,
-      expiredError: opts.expiredError,
-    });
-  }
-}

@@ -37,7 +37,9 @@ interface ItemResult {
 }
 
 runStage(QueueName.infer, async ({ config, log, keys, client, registry, instanceId, beatNow }) => {
-  const metrics = new InferenceMetrics(registry);
+  // The scheduler is made below; the gauge reads it at each scrape.
+  let waiting = () => 0;
+  const metrics = new InferenceMetrics(registry, () => waiting());
   // The descriptions travel with the heartbeat (model-directory.ts): a change is beaten at once.
   const publish = async (desc: ModelDescription) => {
     metrics.described(desc);
@@ -110,6 +112,8 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
       log.info({ command: cmd }, 'model command done');
     })().catch((err: unknown) => log.warn({ err, raw }, 'model command failed'));
   });
+
+  waiting = () => scheduler.waiting;
 
   const batchLimit = pool.descriptions().reduce((sum, d) => sum + d.batch_size, 0);
   return {

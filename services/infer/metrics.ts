@@ -21,8 +21,19 @@ export class InferenceMetrics {
     'model_id' | 'execution_provider' | 'input_width' | 'input_height' | 'max_batch_size' | 'layout'
   >;
 
-  constructor(registry: Registry) {
+  /**
+   * @param waiting images waiting for a batch now (the scheduler's count), read at each scrape
+   */
+  constructor(registry: Registry, waiting: () => number) {
     const registers = [registry];
+    new Gauge({
+      name: `${METRIC_PREFIX}inference_waiting_images`,
+      help: 'Images in the inference process waiting for their batch to run, all models.',
+      registers,
+      collect() {
+        this.set(waiting());
+      },
+    });
     const labelNames = ['model_id'] as const;
     this.batchSize = new Histogram({
       name: `${METRIC_PREFIX}inference_batch_size`,

@@ -162,11 +162,6 @@ export class OnnxModel {
     return new OnnxModel(thread, description, fixedBatch, info.loadMs + warmupMs, detected.source);
   }
 
-  /** Largest number of images one run takes. */
-  get maxBatch(): number {
-    return this.description.batch_size;
-  }
-
   /** Runs `images` (each inputHeight × inputWidth × 3 RGB bytes) as one batch. */
   run(images: readonly Uint8Array[], filters: CandidateFilter[]): Promise<BatchOutput> {
     const { input_width: width, input_height: height } = this.description;

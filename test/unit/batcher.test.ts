@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Batcher } from '../../services/infer/batcher.js';
+import { BatchScheduler } from '../../services/infer/batcher.js';
 
 interface Item {
   id: number;
@@ -26,10 +26,12 @@ class ExpiredError extends Error {
 /** A batcher whose runs stay pending until the test settles them. */
 function harness(maxBatchSize: number, maxDelayMs: number) {
   const calls: RunCall[] = [];
-  const batcher = new Batcher<Item, string>({
-    maxBatchSize,
+  // One lane: dynamic batching for one model.
+  const batcher = new BatchScheduler<Item, string>({
+    laneOf: () => '',
+    maxBatchOf: () => maxBatchSize,
     maxDelayMs,
-    run: (items) =>
+    run: (_lane, items) =>
       new Promise<string[]>((resolve, reject) => {
         calls.push({ ids: items.map((i) => i.id), resolve, reject });
       }),
