@@ -182,21 +182,65 @@ export async function keysOf(redis: Redis, prefix: string): Promise<string[]> {
 
 /**
  * Gives a test file one Redis and one stack: started before its tests (handed over through
- * `ready`), stopped after them.
+ * `ready`), stopped after them. `opts` may be a function, called in the `before` hook (after
+ * the file's earlier hooks made what it names); when it returns undefined nothing is started
+ * (the tests then skip, through requireShared, on a machine without ../shared).
  */
 export function suiteStack(
-  opts: Omit<StackOptions, 'redisUrl'>,
+  opts: StackSetup | (() => StackSetup | undefined),
   ready: (stack: Stack, redis: RedisHandle) => void,
 ): void {
-  let redis: RedisHandle | undefined;
-  let stack: Stack | undefined;
+  const suite = suiteRedis();
   before(async () => {
-    redis = await startRedis();
-    stack = await startStack({ ...opts, redisUrl: redis.url });
-    ready(stack, redis);
+    const setup = typeof opts === 'function' ? opts() : opts;
+    if (!setup) return;
+    ready(await suite.stack(setup), suite.redis);
+  });
+}
+
+/** A stack's options within a suite: the suite's Redis is given. */
+export type StackSetup = Omit<StackOptions, 'redisUrl'>;
+
+/** One Redis for a test file and the stacks its tests start on it. */
+export interface SuiteRedis {
+  /** The file's Redis, once the `before` hook ran. */
+  readonly redis: RedisHandle;
+  /** Starts a stack on the file's Redis; it is stopped after the file's tests. */
+  stack(setup: StackSetup): Promise<Stack>;
+}
+
+/**
+ * Gives a test file one Redis, started before its tests, and stops every stack its tests
+ * started with `stack()`, then the Redis, after them.
+ */
+export function suiteRedis(): SuiteRedis {
+  let redis: RedisHandle | undefined;
+  let starting: Promise<RedisHandle> | undefined;
+  // Started by whichever of the file's hooks needs it first (node runs a file's hooks without
+  // waiting for one another's order).
+  const ensure = () =>
+    (starting ??= startRedis().then((r) => {
+      redis = r;
+      return r;
+    }));
+  const stacks: Stack[] = [];
+  before(async () => {
+    await ensure();
   });
   after(async () => {
-    await stack?.stop();
-    await redis?.stop();
+    await Promise.all(stacks.map((s) => s.stop()));
+    if (starting) await (await starting).stop();
   });
+  return {
+    get redis() {
+      if (!redis) throw new Error('the suite Redis starts in the before hook');
+      return redis;
+    },
+    async stack(setup) {
+      const r = await ensure();
+      const stack = await startStack({ ...setup, redisUrl: r.url });
+      stacks.push(stack);
+      return stack;
+    },
+  };
 }

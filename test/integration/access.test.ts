@@ -4,36 +4,35 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { drawImage } from '../helpers/images.js';
-import { startRedis, startStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import { suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * With API keys configured, every inference and admin route needs one (body, query or Bearer);
  * health routes stay open; keys never reach the logs.
  */
-let redis: RedisHandle;
 let stack: Stack;
 let dir: string;
 const INLINE = ['inline-key-6f1d2c', 'second-key-93ab70'];
 const FROM_FILE = 'file-key-a8c4e1';
 
-before(async () => {
+before(() => {
   dir = mkdtempSync(join(tmpdir(), 'sd-keys-'));
   writeFileSync(join(dir, 'keys.txt'), `# not a comment, just a line\n${FROM_FILE}\n`);
-  redis = await startRedis();
-  stack = await startStack({
-    redisUrl: redis.url,
+});
+suiteStack(
+  () => ({
     env: {
       API_KEYS: INLINE.join(','),
       API_KEYS_FILE: join(dir, 'keys.txt'),
       METRICS_REQUIRE_KEY: 'true',
       ALLOW_URL_INPUT: 'false',
     },
-  });
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+  }),
+  (s) => {
+    stack = s;
+  },
+);
+after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -2,12 +2,12 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { boxColour } from '../../shared/palette.js';
 import { drawImage } from '../helpers/images.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
-import { startRedis, startStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import { suiteRedis, type Stack } from '../helpers/stack.js';
 
 /**
  * The demo page at `/` in a real headless browser (Debian's chromium driven by playwright-core):
@@ -27,24 +27,14 @@ const ARGS = [
 ];
 const RESULTS = new URL('../../test-results/', import.meta.url);
 
-let redis: RedisHandle | undefined;
-const stacks: Stack[] = [];
+const suite = suiteRedis();
 const cleanups: Array<() => Promise<void> | void> = [];
-
-before(async () => {
-  redis = await startRedis();
-});
-
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
-  await Promise.all(stacks.map((s) => s.stop()));
-  await redis?.stop();
 });
 
-async function serve(env: Record<string, string>): Promise<Stack> {
-  const stack = await startStack({ redisUrl: redis!.url, env });
-  stacks.push(stack);
-  return stack;
+function serve(env: Record<string, string>): Promise<Stack> {
+  return suite.stack({ env });
 }
 
 /** A fresh browser with a new, empty profile; page errors are collected. */

@@ -14,38 +14,24 @@ import { Keys } from '../../shared/keys.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { assertShapes, drawImage, drawPixels, type Shape } from '../helpers/images.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
-import {
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
 /**
  * Detector families other than YOLOv8 through the whole stack: the real YOLOX-Nano (raw grid
  * head, BGR 0..255 input padded at the bottom-right) served with nothing but MODEL_PATH and
  * CLASS_NAMES, and the generated tiny detector exported in the YOLOv5 and end-to-end layouts.
  */
-let redis: RedisHandle | undefined;
 let dir: string;
-const stacks: Stack[] = [];
-
-before(async () => {
+const suite = suiteRedis();
+before(() => {
   dir = mkdtempSync(join(tmpdir(), 'sd-families-'));
-  redis = await startRedis();
 });
-
-after(async () => {
-  await Promise.all(stacks.map((s) => s.stop()));
-  await redis?.stop();
+after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function serve(env: Record<string, string>): Promise<Stack> {
-  const stack = await startStack({ redisUrl: redis!.url, env });
-  stacks.push(stack);
-  return stack;
+function serve(env: Record<string, string>): Promise<Stack> {
+  return suite.stack({ env });
 }
 
 function tinyModelFile(name: string, layout: 'yolov5' | 'end2end'): string {
@@ -56,7 +42,7 @@ function tinyModelFile(name: string, layout: 'yolov5' | 'end2end'): string {
 
 /** The description the inference process published for `pre` and `post`. */
 async function publishedModel(stack: Stack, modelId: string): Promise<ModelDescription> {
-  const client = new Redis(redis!.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const client = new Redis(suite.redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
   try {
     await client.connect();
     const desc = await new ModelDirectory(client, new Keys(stack.prefix)).get(modelId);
@@ -208,12 +194,10 @@ describe('YOLOv5 layout [batch, anchors, 5 + classes]', () => {
   });
 
   test('without MODEL_LAYOUT, an output that fits no grid is a startup error naming it', async () => {
-    const stack = await startStack({
-      redisUrl: redis!.url,
+    const stack = await suite.stack({
       roles: ['infer'],
       env: { MODEL_PATH: tinyModelFile('tiny-yolov5-unnamed.onnx', 'yolov5') },
     });
-    stacks.push(stack);
     const infer = stack.roles[0]!;
     const code =
       infer.process.exitCode ??

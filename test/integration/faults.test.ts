@@ -1,39 +1,23 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import sharp from 'sharp';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import type { Role } from '../../services/supervisor/processes.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
-import {
-  logEvents,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { logEvents, postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
 /**
  * kill -9 of a `pre` worker, of the inference process or of a `post` worker while it holds
  * jobs: its jobs are taken up again by the replacement (stalled-job recovery, JOB_LOCK_MS), and
  * every accepted request still gets exactly one answer, with the right result.
  */
-let redis: RedisHandle | undefined;
+const suite = suiteRedis();
 let stack: Stack | undefined;
 
-before(async () => {
-  redis = await startRedis();
-});
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
-});
-
+/** The stack, started by the first test that has the model (tests skip without ../shared). */
 async function ensureStack(): Promise<Stack> {
-  stack ??= await startStack({
-    redisUrl: redis!.url,
+  stack ??= await suite.stack({
     env: {
       MODEL_PATH: sharedPath('models/yolov8n-dynamic.onnx'),
       MAX_BATCH_SIZE: '2',
@@ -47,7 +31,7 @@ async function ensureStack(): Promise<Stack> {
 }
 
 async function activeJobs(s: Stack, queue: string): Promise<number> {
-  return redis!.client.llen(`${s.prefix}:${queue}:active`);
+  return suite.redis.client.llen(`${s.prefix}:${queue}:active`);
 }
 
 /** Sends the requests, kills the role's process once it holds jobs, starts a replacement. */

@@ -4,19 +4,18 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
-import { startRedis, startStack, type RedisHandle } from '../helpers/stack.js';
+import { suiteRedis } from '../helpers/stack.js';
 
 /**
  * One lifecycle for every process (shared/lifecycle.ts): a signal during a long startup is
  * handled at once, a stop ends by re-raising the signal, and the gateway's cluster primary
  * restarts its processes with the supervisor's backoff.
  */
-let redis: RedisHandle | undefined;
+const suite = suiteRedis();
 let trickler: Server | undefined;
-after(async () => {
+after(() => {
   trickler?.closeAllConnections();
   trickler?.close();
-  await redis?.stop();
 });
 
 function alive(pid: number): boolean {
@@ -29,7 +28,6 @@ function alive(pid: number): boolean {
 }
 
 test('SIGTERM while the inference process is still loading its model ends it at once, by that signal', async () => {
-  redis = await startRedis();
   // A model download that never finishes keeps the inference process in its startup.
   trickler = createServer((_req, res) => {
     res.writeHead(200, { 'content-length': '10000000' });
@@ -39,8 +37,7 @@ test('SIGTERM while the inference process is still loading its model ends it at 
   trickler.listen(0, '127.0.0.1');
   await once(trickler, 'listening');
   const url = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/model.onnx`;
-  const stack = await startStack({
-    redisUrl: redis.url,
+  const stack = await suite.stack({
     roles: ['infer'],
     waitReady: false,
     env: { MODEL_URL: url, LOG_LEVEL: 'info' },
@@ -61,11 +58,7 @@ test('SIGTERM while the inference process is still loading its model ends it at 
 });
 
 test('the gateway cluster primary restarts a killed gateway process and stops them all on SIGTERM', async () => {
-  redis ??= await startRedis();
-  const stack = await startStack({
-    redisUrl: redis.url,
-    env: { NUM_WORKERS: '2', LOG_LEVEL: 'info' },
-  });
+  const stack = await suite.stack({ env: { NUM_WORKERS: '2', LOG_LEVEL: 'info' } });
   try {
     const primary = stack.roles.find((r) => r.role === 'gateway')!;
     const pids = () =>

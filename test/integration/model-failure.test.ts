@@ -12,13 +12,7 @@ import {
 } from '../../services/infer/tiny-model/onnx-builder.js';
 import { drawImage } from '../helpers/images.js';
 import { sample, scrape } from '../helpers/metrics.js';
-import {
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * A model that fails at run time on some inputs fails the affected requests with a clear error,
@@ -28,7 +22,6 @@ import {
  */
 const S = 64;
 let dir: string;
-let redis: RedisHandle;
 let stack: Stack;
 
 function batchOfOneModel(): Uint8Array {
@@ -52,19 +45,17 @@ function batchOfOneModel(): Uint8Array {
   });
 }
 
-before(async () => {
+before(() => {
   dir = mkdtempSync(join(tmpdir(), 'sd-model-'));
   writeFileSync(join(dir, 'batch-of-one.onnx'), batchOfOneModel());
-  redis = await startRedis();
-  stack = await startStack({
-    redisUrl: redis.url,
-    env: { MODEL_PATH: join(dir, 'batch-of-one.onnx'), MAX_BATCH_DELAY_MS: '300' },
-  });
 });
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+suiteStack(
+  () => ({ env: { MODEL_PATH: join(dir, 'batch-of-one.onnx'), MAX_BATCH_DELAY_MS: '300' } }),
+  (s) => {
+    stack = s;
+  },
+);
+after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -9,13 +9,7 @@ import { after, before, test } from 'node:test';
 import { buildTinyDetector } from '../../services/infer/tiny-model/tiny-model.js';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { drawImage } from '../helpers/images.js';
-import {
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
 /**
  * MODEL_URL: the inference process downloads the model once into MODEL_CACHE_DIR, checks it
@@ -27,12 +21,10 @@ const sha = createHash('sha256').update(model).digest('hex');
 let server: Server;
 let base: string;
 let downloads = 0;
-let redis: RedisHandle;
-const stacks: Stack[] = [];
 const cacheDir = mkdtempSync(join(tmpdir(), 'sd-model-cache-'));
+const suite = suiteRedis();
 
 before(async () => {
-  redis = await startRedis();
   server = createServer((req, res) => {
     if (req.url !== '/models/shapes.onnx') return void res.writeHead(404).end();
     downloads++;
@@ -42,21 +34,13 @@ before(async () => {
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
 
-after(async () => {
-  await Promise.all(stacks.map((s) => s.stop()));
-  await redis?.stop();
+after(() => {
   server?.close();
   rmSync(cacheDir, { recursive: true, force: true });
 });
 
-async function start(env: Record<string, string>, roles?: Array<'infer'>): Promise<Stack> {
-  const stack = await startStack({
-    redisUrl: redis.url,
-    env: { MODEL_CACHE_DIR: cacheDir, ...env },
-    ...(roles ? { roles } : {}),
-  });
-  stacks.push(stack);
-  return stack;
+function start(env: Record<string, string>, roles?: Array<'infer'>): Promise<Stack> {
+  return suite.stack({ env: { MODEL_CACHE_DIR: cacheDir, ...env }, ...(roles ? { roles } : {}) });
 }
 
 async function exitOf(stack: Stack): Promise<{ code: number | null; log: string }> {

@@ -1,43 +1,21 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DetectionResponse, Prediction } from '../../shared/contracts.js';
 import sharp from 'sharp';
 import { cmykJpegs, requireImageMagick } from '../helpers/imagemagick.js';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
-import {
-  logEvents,
-  postJson,
-  startRedis,
-  startStack,
-  type RedisHandle,
-  type Stack,
-} from '../helpers/stack.js';
+import { logEvents, postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
 /**
  * The stack serving real pretrained COCO models from ../shared on real photos: the detections
  * a person would expect, with a dynamic-batch model and with one whose batch is fixed at 1.
  */
-let redis: RedisHandle | undefined;
-const stacks: Stack[] = [];
+const suite = suiteRedis();
 
-before(async () => {
-  redis = await startRedis();
-});
-
-after(async () => {
-  await Promise.all(stacks.map((s) => s.stop()));
-  await redis?.stop();
-});
-
-async function serve(model: string, env: Record<string, string> = {}): Promise<Stack> {
-  const stack = await startStack({
-    redisUrl: redis!.url,
-    env: { MODEL_PATH: sharedPath(`models/${model}`), ...env },
-  });
-  stacks.push(stack);
-  return stack;
+function serve(model: string, env: Record<string, string> = {}): Promise<Stack> {
+  return suite.stack({ env: { MODEL_PATH: sharedPath(`models/${model}`), ...env } });
 }
 
 function detect(stack: Stack, image: string, extra: Record<string, unknown> = {}) {
@@ -156,12 +134,7 @@ describe('real COCO models', () => {
   });
 
   test('an execution provider that is not installed is a clear startup error', async () => {
-    const stack = await startStack({
-      redisUrl: redis!.url,
-      roles: ['infer'],
-      env: { EXECUTION_PROVIDER: 'cuda' },
-    });
-    stacks.push(stack);
+    const stack = await suite.stack({ roles: ['infer'], env: { EXECUTION_PROVIDER: 'cuda' } });
     const infer = stack.roles[0]!;
     const code =
       infer.process.exitCode ??

@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { requireShared, sharedPath } from '../helpers/shared-data.js';
-import { startRedis, startStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import { suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * Our answers against what Roboflow's own server answered for the same requests
@@ -38,32 +38,36 @@ const DIFFERENT_STATUS: Record<string, { ours: number; why: string }> = {
   },
 };
 
-let redis: RedisHandle | undefined;
 let stack: Stack | undefined;
 let notFound: Server | undefined;
 let notFoundUrl = '';
+const haveShared = () => NEEDED.every((p) => existsSync(sharedPath(p)));
 
 before(async () => {
-  if (!NEEDED.every((p) => existsSync(sharedPath(p)))) return;
+  if (!haveShared()) return;
   notFound = createServer((_req, res) => void res.writeHead(404).end('no such image'));
   await new Promise<void>((r) => notFound!.listen(0, '127.0.0.1', r));
   notFoundUrl = `http://127.0.0.1:${(notFound.address() as AddressInfo).port}/missing.jpg`;
-  redis = await startRedis();
-  stack = await startStack({
-    redisUrl: redis.url,
-    env: {
-      MODEL_PATH: sharedPath('models/yolov8n.onnx'),
-      CLASS_NAMES: sharedPath('models/coco80.txt'),
-      MODEL_ID: 'coco/3',
-      // The 404 URL is on this machine's loopback, as the fixture's was.
-      ALLOW_PRIVATE_URLS: 'true',
-    },
-  });
 });
-
-after(async () => {
-  await stack?.stop();
-  await redis?.stop();
+// Each test skips (or fails under CI) through requireShared when ../shared is missing.
+suiteStack(
+  () =>
+    haveShared()
+      ? {
+          env: {
+            MODEL_PATH: sharedPath('models/yolov8n.onnx'),
+            CLASS_NAMES: sharedPath('models/coco80.txt'),
+            MODEL_ID: 'coco/3',
+            // The 404 URL is on this machine's loopback, as the fixture's was.
+            ALLOW_PRIVATE_URLS: 'true',
+          },
+        }
+      : undefined,
+  (s) => {
+    stack = s;
+  },
+);
+after(() => {
   notFound?.close();
 });
 
