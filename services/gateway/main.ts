@@ -67,7 +67,7 @@ async function serve(config: Config, log: Logger): Promise<void> {
     fetchQueue,
     queues,
     waiter,
-    models: new ModelDirectory(redis, keys),
+    models: new ModelDirectory(redis, keys, log),
     log,
     registry,
     metrics: new GatewayMetrics(registry),

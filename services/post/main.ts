@@ -20,8 +20,8 @@ import { drawPredictions } from './visualize.js';
 sharp.concurrency(1);
 sharp.cache(false);
 
-runStage(QueueName.post, ({ config, keys, client }) => {
-  const models = new ModelDirectory(client, keys);
+runStage(QueueName.post, ({ config, log, keys, client }) => {
+  const models = new ModelDirectory(client, keys, log);
   const budget = new PixelBudget(config.post.visualizeMaxPixels);
   return {
     concurrency: config.post.concurrency,

@@ -22,8 +22,8 @@ import { letterboxImage } from './preprocess.js';
 // concurrency for the same cores.
 sharp.concurrency(1);
 
-runStage(QueueName.pre, ({ config, keys, client }) => {
-  const models = new ModelDirectory(client, keys);
+runStage(QueueName.pre, ({ config, log, keys, client }) => {
+  const models = new ModelDirectory(client, keys, log);
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix);
   const policy = {
@@ -47,8 +47,7 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         model.input_height,
         job.autoOrient,
         { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
-        // A description published before models carried their preprocessing: centred.
-        model.preprocessing?.pad ?? 'centre',
+        model.preprocessing.pad,
       );
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.
