@@ -141,7 +141,9 @@ export type Prediction = z.infer<typeof PredictionSchema>;
 export const DetectionResponseSchema = z.object({
   inference_id: z.uuid(),
   time: z.number().describe('Seconds from the request arriving to the result.'),
-  image: z.object({ width: z.number().int(), height: z.number().int() }),
+  image: z
+    .object({ width: z.number().int().min(1), height: z.number().int().min(1) })
+    .describe('Size of the original (oriented) image, pixels.'),
   predictions: z.array(PredictionSchema),
   visualization: z
     .base64()
