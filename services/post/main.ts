@@ -49,7 +49,7 @@ runStage(QueueName.post, ({ config, log, keys, client }) => {
         const drawn = await budget.run(srcWidth * srcHeight, () =>
           drawPredictions(original, response.predictions, {
             ...job.params.visualize!,
-            maxPixels: config.pre.maxImagePixels,
+            maxPixels: config.post.maxImagePixels,
           }),
         );
         response.visualization = drawn.toString('base64');

@@ -26,13 +26,6 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
   const models = new ModelDirectory(client, keys, log);
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix);
-  const policy = {
-    allowPrivate: config.pre.fetch.allowPrivate,
-    maxBytes: config.pre.fetch.maxBytes,
-    connectTimeoutMs: 5000,
-    maxRedirects: 3,
-    totalTimeoutMs: config.pre.fetch.timeoutMs,
-  };
   return {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
@@ -69,7 +62,7 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
             return;
           }
           const started = performance.now();
-          const bytes = await fetchImage(job.source.url, job.deadline, policy);
+          const bytes = await fetchImage(job.source.url, job.deadline, config.pre.fetch.policy);
           // Stored as an upload is: `pre` decodes it, `post` draws on it, cleanup is the same.
           await client.set(keys.image(job.id), bytes, 'EX', config.dataTtlSeconds);
           await enqueue(preQueue, { ...job, source: { kind: 'stored' } });
