@@ -1,17 +1,27 @@
 import { availableParallelism, homedir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { z } from 'zod';
-import { MODEL_LAYOUTS, type ModelLayout } from './model-layout.js';
+import { MODEL_LAYOUTS } from './model-layout.js';
+import { formatIssues } from './validation.js';
 
 /**
  * The one configuration schema. Every role parses the environment once at startup with
- * `loadConfig()` and fails fast with a list of every bad variable. Each variable is documented
- * in the README with its default; keep the two in step.
+ * `loadConfig()` and fails fast with a list of every bad variable, cross-variable conflicts
+ * included. ConfigSchema reads the variables (EnvSchema: names, defaults, ranges), checks how
+ * they combine and transforms them into the nested Config, whose type is derived from it: one
+ * definition, no interface or mapping beside it. Each role reads its own section. Each variable
+ * is documented in the README's configuration table with its default; a test keeps the two in
+ * step.
  */
 const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
   z.coerce.number().int().min(min).max(max).default(def);
 
-const EnvSchema = z.object({
+/** Connections and waits of URL downloads beyond what the variables set. */
+const URL_CONNECT_TIMEOUT_MS = 5000;
+const URL_MAX_REDIRECTS = 3;
+
+/** The environment variables, each with its default and range (see the README's table). */
+export const EnvSchema = z.object({
   /** Redis for every role. Unset under `npm start`: the supervisor starts a private one. */
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
   /** Prefix of every Redis key and BullMQ queue, so several stacks can share one Redis. */
@@ -19,6 +29,7 @@ const EnvSchema = z.object({
     .string()
     .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only')
     .default('sd'),
+  /** Listen address of the gateway, and of the workers' /metrics. */
   HOST: z.string().min(1).default('0.0.0.0'),
   PORT: int(9001, 0, 65535),
   /** Bull Board at /admin/queues: off, readonly or full (retry, clean, remove jobs). */
@@ -38,9 +49,10 @@ const EnvSchema = z.object({
   /**
    * Keep the one model of MODEL_PATH / MODEL_URL loaded for good: `/model/remove` and
    * `/model/clear` leave it (409 MODEL_PINNED). Off, it is pre-warmed at start and unloaded
-   * like any other, loading again on its next request.
+   * like any other, loading again on its next request. Default false; optional here so that
+   * setting it beside MODELS_FILE can be refused.
    */
-  MODEL_PINNED: z.stringbool().default(false),
+  MODEL_PINNED: z.stringbool().optional(),
   /** Class names file, one per line; used when the model embeds no `names` metadata. */
   CLASS_NAMES: z.string().min(1).optional(),
   /** Output layout of MODEL_PATH; unset detects it from the output shape and metadata. */
@@ -105,67 +117,6 @@ const EnvSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
-export type Env = z.infer<typeof EnvSchema>;
-
-/** Typed, nested configuration derived from the environment. */
-export interface Config {
-  redis: { url: string; prefix: string };
-  gateway: {
-    host: string;
-    port: number;
-    maxBodyBytes: number;
-    maxImagesPerRequest: number;
-    allowUrlInput: boolean;
-    apiKeys: string | undefined;
-    apiKeysFile: string | undefined;
-    metricsRequireKey: boolean;
-    maxInflight: number;
-    maxQueueDepth: number;
-    requestBodyTimeoutMs: number;
-    redisMemoryHighWater: number;
-    queueDashboard: 'off' | 'readonly' | 'full';
-  };
-  metricsPort: number;
-  pre: {
-    concurrency: number;
-    maxImagePixels: number;
-    allowSvg: boolean;
-    /** How URL images are downloaded (the `fetch` queue, served by `pre` processes). */
-    fetch: {
-      concurrency: number;
-      timeoutMs: number;
-      allowPrivate: boolean;
-      maxBytes: number;
-    };
-  };
-  post: { concurrency: number; visualizeMaxPixels: number };
-  infer: {
-    maxBatchSize: number;
-    maxBatchDelayMs: number;
-    executionProvider: 'cpu' | 'cuda' | 'tensorrt';
-    modelPath: string | undefined;
-    modelId: string;
-    /** Whether the one-model shortcut's model is pinned (MODELS_FILE entries say it themselves). */
-    modelPinned: boolean;
-    classNamesPath: string | undefined;
-    /** Output layout; undefined detects it (see services/infer/layout-detection.ts). */
-    layout: ModelLayout | undefined;
-    modelUrl: string | undefined;
-    modelSha256: string | undefined;
-    modelCacheDir: string;
-    modelsFile: string | undefined;
-    maxActiveModels: number;
-    threads: { intraOp: number; allowSpinning: boolean };
-  };
-  requestTimeoutMs: number;
-  jobLockMs: number;
-  /** Lifetime of every per-request Redis key: the request deadline plus a margin. */
-  dataTtlSeconds: number;
-  logLevel: Env['LOG_LEVEL'];
-  supervisor: { gatewayProcesses: number; preProcesses: number; postProcesses: number };
-  drainTimeoutMs: number;
-}
-
 /** The model id of a file or URL: its file name without the extension. */
 export function modelIdFromLocation(location: string): string {
   const name = basename(location.split(/[?#]/)[0] ?? location);
@@ -180,104 +131,173 @@ function defaultCacheDir(): string {
 /** Model id served when no MODEL_PATH is given: the project's generated tiny detector. */
 export const TINY_MODEL_ID = 'tiny-shapes';
 
+/** A configuration that cannot start: its message lists every problem. */
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
-/** Parses the environment; throws ConfigError listing every bad variable. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  // Empty strings mean "unset", as in most shells' `VAR= cmd`.
-  const cleaned = Object.fromEntries(
-    Object.entries(env).filter(([, v]) => v !== undefined && v !== ''),
+/**
+ * Variables that cannot be set together: checked on the raw values (so the conflicts are listed
+ * with the other problems, even when a value is bad too), each problem under the variable that
+ * should go.
+ */
+function checkCombinations(
+  e: Partial<Record<keyof z.input<typeof EnvSchema>, unknown>>,
+  ctx: z.RefinementCtx,
+): void {
+  const sources = (['MODELS_FILE', 'MODEL_PATH', 'MODEL_URL'] as const).filter(
+    (name) => e[name] !== undefined,
   );
-  const parsed = EnvSchema.safeParse(cleaned);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
-    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  if (sources.length > 1) {
+    ctx.addIssue({ code: 'custom', path: [sources.join(', ')], message: 'set only one of them' });
   }
-  const e = parsed.data;
-  const sources = [
-    e.MODELS_FILE && 'MODELS_FILE',
-    e.MODEL_PATH && 'MODEL_PATH',
-    e.MODEL_URL && 'MODEL_URL',
-  ];
-  if (sources.filter(Boolean).length > 1) {
-    throw new ConfigError(
-      `invalid configuration:\n  ${sources.filter(Boolean).join(', ')}: set only one of them`,
-    );
+  if (e.MODELS_FILE !== undefined && e.MODEL_PINNED !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['MODEL_PINNED'],
+      message:
+        'pins the one model of MODEL_PATH or MODEL_URL; in MODELS_FILE, give the entry `pinned: true`',
+    });
   }
-  if (e.MODELS_FILE && cleaned['MODEL_PINNED'] !== undefined) {
-    throw new ConfigError(
-      'invalid configuration:\n  MODEL_PINNED: pins the one model of MODEL_PATH or MODEL_URL; in MODELS_FILE, give the entry `pinned: true`',
-    );
+  if (e.MODEL_SHA256 !== undefined && e.MODEL_URL === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['MODEL_SHA256'],
+      message: 'checks MODEL_URL, which is not set',
+    });
   }
-  if (e.MODEL_SHA256 && !e.MODEL_URL) {
-    throw new ConfigError(
-      'invalid configuration:\n  MODEL_SHA256: checks MODEL_URL, which is not set',
-    );
-  }
+}
+
+/** The nested configuration of valid variables: one section per role. */
+function toConfig(e: z.output<typeof EnvSchema>) {
   const location = e.MODEL_PATH ?? e.MODEL_URL;
-  const modelId = e.MODEL_ID ?? (location ? modelIdFromLocation(location) : TINY_MODEL_ID);
   return {
+    /** Redis, for every role. */
     redis: { url: e.REDIS_URL, prefix: e.REDIS_PREFIX },
+    /** The HTTP gateway. */
     gateway: {
       host: e.HOST,
       port: e.PORT,
+      /** Largest request body, bytes. */
       maxBodyBytes: e.MAX_BODY_BYTES,
       maxImagesPerRequest: e.MAX_IMAGES_PER_REQUEST,
       allowUrlInput: e.ALLOW_URL_INPUT,
+      /** Comma-separated API keys, as given. */
       apiKeys: e.API_KEYS,
       apiKeysFile: e.API_KEYS_FILE,
       metricsRequireKey: e.METRICS_REQUIRE_KEY,
       maxInflight: e.MAX_INFLIGHT,
       maxQueueDepth: e.MAX_QUEUE_DEPTH,
       requestBodyTimeoutMs: e.REQUEST_BODY_TIMEOUT_MS,
+      /** Fraction (0..1] of Redis's maxmemory. */
       redisMemoryHighWater: e.REDIS_MEMORY_HIGH_WATER,
       queueDashboard: e.QUEUE_DASHBOARD,
     },
-    metricsPort: e.METRICS_PORT,
+    /** The process shell of every worker role (`pre`, `infer`, `post`; stage-process.ts). */
+    worker: {
+      /** Listen address of the worker's /metrics (HOST). */
+      metricsHost: e.HOST,
+      /** Port of the worker's /metrics; 0 picks a free one. */
+      metricsPort: e.METRICS_PORT,
+      /** How long a worker's claim on a job lasts without renewal, ms. */
+      jobLockMs: e.JOB_LOCK_MS,
+    },
     pre: {
       concurrency: e.PRE_CONCURRENCY,
+      /** Largest image decoded, width × height. */
       maxImagePixels: e.MAX_IMAGE_PIXELS,
       allowSvg: e.ALLOW_SVG,
+      /** How URL images are downloaded (the `fetch` queue, served by `pre` processes). */
       fetch: {
         concurrency: e.URL_FETCH_CONCURRENCY,
-        timeoutMs: e.URL_FETCH_TIMEOUT_MS,
-        allowPrivate: e.ALLOW_PRIVATE_URLS,
-        maxBytes: e.MAX_BODY_BYTES,
+        /** The URL policy of each download (services/pre/image-source.ts' UrlPolicy). */
+        policy: {
+          allowPrivate: e.ALLOW_PRIVATE_URLS,
+          /** Largest download, bytes: MAX_BODY_BYTES, as for an upload. */
+          maxBytes: e.MAX_BODY_BYTES,
+          /** Longest wait for a connection and, once connected, for each read, ms. */
+          connectTimeoutMs: URL_CONNECT_TIMEOUT_MS,
+          maxRedirects: URL_MAX_REDIRECTS,
+          /** Longest time one download may take, redirects included, ms. */
+          totalTimeoutMs: e.URL_FETCH_TIMEOUT_MS,
+        },
       },
     },
-    post: { concurrency: e.POST_CONCURRENCY, visualizeMaxPixels: e.VISUALIZE_MAX_PIXELS },
+    post: {
+      concurrency: e.POST_CONCURRENCY,
+      /** Pixels drawn at once for visualize_predictions. */
+      visualizeMaxPixels: e.VISUALIZE_MAX_PIXELS,
+      /** Largest image decoded for drawing, width × height (MAX_IMAGE_PIXELS, as in `pre`). */
+      maxImagePixels: e.MAX_IMAGE_PIXELS,
+    },
     infer: {
       maxBatchSize: e.MAX_BATCH_SIZE,
       maxBatchDelayMs: e.MAX_BATCH_DELAY_MS,
       executionProvider: e.EXECUTION_PROVIDER,
       modelPath: e.MODEL_PATH,
-      modelId,
-      modelPinned: e.MODEL_PINNED,
+      /** MODEL_ID, else the file name of MODEL_PATH / MODEL_URL, else TINY_MODEL_ID. */
+      modelId: e.MODEL_ID ?? (location ? modelIdFromLocation(location) : TINY_MODEL_ID),
+      /** Whether the one-model shortcut's model is pinned (MODELS_FILE entries say it themselves). */
+      modelPinned: e.MODEL_PINNED ?? false,
       classNamesPath: e.CLASS_NAMES,
+      /** Output layout; undefined detects it (see services/infer/model-layout.ts). */
       layout: e.MODEL_LAYOUT,
       modelUrl: e.MODEL_URL,
+      /** Lower-case hex. */
       modelSha256: e.MODEL_SHA256,
       modelCacheDir: e.MODEL_CACHE_DIR,
       modelsFile: e.MODELS_FILE,
       maxActiveModels: e.MAX_ACTIVE_MODELS,
       threads: { intraOp: e.ORT_INTRA_OP_THREADS, allowSpinning: e.ORT_ALLOW_SPINNING },
     },
-    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
-    jobLockMs: e.JOB_LOCK_MS,
-    dataTtlSeconds: Math.ceil(e.REQUEST_TIMEOUT_MS / 1000) + 60,
-    logLevel: e.LOG_LEVEL,
+    /** How many processes of each role `npm start` runs. */
     supervisor: {
       gatewayProcesses: e.NUM_WORKERS,
       preProcesses: e.NUM_PRE_WORKERS,
       postProcesses: e.NUM_POST_WORKERS,
     },
+    /** Deadline of a request, ms. */
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    /** Lifetime of every per-request Redis key: the request deadline plus a margin, seconds. */
+    dataTtlSeconds: Math.ceil(e.REQUEST_TIMEOUT_MS / 1000) + 60,
+    logLevel: e.LOG_LEVEL,
+    /** How long a stopping process may take to finish its in-flight work, ms. */
     drainTimeoutMs: e.DRAIN_TIMEOUT_MS,
   };
 }
 
-/** loadConfig for a role's entry point: prints every bad variable and exits 1. */
+/**
+ * The configuration schema: the environment (EnvSchema), checked as a whole, as the nested
+ * Config. Empty values must be removed first (loadConfig does).
+ */
+export const ConfigSchema = EnvSchema.superRefine((e, ctx) => checkCombinations(e, ctx), {
+  // Also when a variable is bad, so that every problem is listed at once.
+  when: () => true,
+}).transform(toConfig);
+
+/** Typed, nested configuration, derived from ConfigSchema. */
+export type Config = z.output<typeof ConfigSchema>;
+
+/**
+ * Parses the environment.
+ *
+ * @param env the variables; an empty value means unset, as in most shells' `VAR= cmd`
+ * @defaultValue env `process.env`
+ * @throws ConfigError listing every bad variable (`  NAME: problem`, one a line)
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const cleaned = Object.fromEntries(
+    Object.entries(env).filter(([, v]) => v !== undefined && v !== ''),
+  );
+  const parsed = ConfigSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    const lines = formatIssues(parsed.error).map((line) => `  ${line}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+/** loadConfig for a role's entry point: prints every bad variable and exits with status 1. */
 export function loadConfigOrExit(): Config {
   try {
     return loadConfig();

@@ -1,11 +1,16 @@
-import type { ErrorBody } from './errors.js';
-import type { Letterbox } from './letterbox.js';
-import type { ModelLayout, Preprocessing } from './model-layout.js';
+import { z } from 'zod';
+import { ErrorBodySchema } from './errors.js';
+import { LetterboxSchema } from './letterbox.js';
+import { MODEL_LAYOUTS, PreprocessingSchema, DEFAULT_PREPROCESSING } from './model-layout.js';
 
 /**
- * What the roles agree on: queue names, each queue's job payload, the result message and the
- * model description. Payloads are plain JSON (BullMQ stores job data as JSON); image bytes and
- * tensors never travel in them, only the Redis keys that hold them (see keys.ts).
+ * What the roles agree on: queue names, each queue's job payload, the result message, the model
+ * description and the model commands. Each shape that crosses a process boundary is one zod
+ * schema here: its TypeScript type is `z.infer` of it, the OpenAPI document is generated from it
+ * (services/gateway/openapi.ts), and whatever reads it from Redis parses it with it
+ * (shared/validation.ts' parseJson, and the stage worker for job payloads). Payloads are plain
+ * JSON (BullMQ stores job data as JSON); image bytes and tensors never travel in them, only the
+ * Redis keys that hold them (see keys.ts).
  */
 export const QueueName = {
   /** Images given by URL: downloaded (by `pre` processes, apart from decoding), then `pre`. */
@@ -16,138 +21,199 @@ export const QueueName = {
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
 
-/** Detection options of one request, as validated by the gateway. */
-export interface DetectionParams {
-  confidence: number;
-  iouThreshold: number;
-  classAgnosticNms: boolean;
-  /** Class names to keep; null keeps every class. */
-  classFilter: string[] | null;
-  maxDetections: number;
-  maxCandidates: number;
-  /** Draw the predictions on the image (`visualize_predictions`); absent: not drawn. */
-  visualize?: VisualizeParams;
-}
+/** Epoch milliseconds (wall clock). */
+const epochMs = z.number().nonnegative();
 
 /** How `post` draws the predictions for the response's `visualization`. */
-export interface VisualizeParams {
-  labels: boolean;
-  strokeWidth: number;
+export const VisualizeParamsSchema = z.object({
+  labels: z.boolean(),
+  /** Box outline width, pixels. */
+  strokeWidth: z.number().int().min(1),
   /** Whether `pre` applied the EXIF orientation (the boxes are in that image's pixels). */
-  autoOrient: boolean;
-}
+  autoOrient: z.boolean(),
+});
+export type VisualizeParams = z.infer<typeof VisualizeParamsSchema>;
 
-/** Carried by every job of one image through every stage. */
-export interface RequestContext {
-  /** The inference id: also the BullMQ job id in every queue and part of every key. */
-  id: string;
-  modelId: string;
-  params: DetectionParams;
-  /** Gateway instance whose reply list receives the result. */
-  replyTo: string;
-  /** Epoch ms when the gateway received the request. */
-  receivedAt: number;
-  /** Epoch ms after which nobody waits for the result. */
-  deadline: number;
-  /** When each stage started and finished with the image so far. */
-  marks: StageMarks;
-}
+/** Detection options of one request, as validated by the gateway (services/gateway/request.ts). */
+export const DetectionParamsSchema = z.object({
+  /** Minimum score, 0..1. */
+  confidence: z.number().min(0).max(1),
+  /** NMS overlap, 0..1. */
+  iouThreshold: z.number().min(0).max(1),
+  classAgnosticNms: z.boolean(),
+  /** Class names to keep; null keeps every class. */
+  classFilter: z.array(z.string()).nullable(),
+  maxDetections: z.number().int().min(1),
+  maxCandidates: z.number().int().min(1),
+  /** Draw the predictions on the image (`visualize_predictions`); absent: not drawn. */
+  visualize: VisualizeParamsSchema.optional(),
+});
+export type DetectionParams = z.infer<typeof DetectionParamsSchema>;
 
 /**
  * Epoch-ms marks of one image's way through the stages (wall clock, so stages on different
  * machines need synchronised clocks). The gateway turns them into the `Server-Timing` header.
  */
-export interface StageMarks {
-  preStart?: number;
-  preEnd?: number;
+export const StageMarksSchema = z.object({
+  preStart: epochMs.optional(),
+  preEnd: epochMs.optional(),
   /** When the batch holding the image went to the model. */
-  inferStart?: number;
-  inferEnd?: number;
-  postStart?: number;
-  postEnd?: number;
-}
+  inferStart: epochMs.optional(),
+  inferEnd: epochMs.optional(),
+  postStart: epochMs.optional(),
+  postEnd: epochMs.optional(),
+});
+export type StageMarks = z.infer<typeof StageMarksSchema>;
 
-export type ImageSource = { kind: 'stored' } | { kind: 'url'; url: string };
+/** Carried by every job of one image through every stage. */
+export const RequestContextSchema = z.object({
+  /** The inference id: also the BullMQ job id in every queue and part of every key. */
+  id: z.string().min(1),
+  modelId: z.string().min(1),
+  params: DetectionParamsSchema,
+  /** Gateway instance whose reply list receives the result. */
+  replyTo: z.string().min(1),
+  /** Epoch ms when the gateway received the request. */
+  receivedAt: epochMs,
+  /** Epoch ms after which nobody waits for the result. */
+  deadline: epochMs,
+  /** When each stage started and finished with the image so far. */
+  marks: StageMarksSchema,
+});
+export type RequestContext = z.infer<typeof RequestContextSchema>;
 
-export interface PreJob extends RequestContext {
-  source: ImageSource;
-  autoOrient: boolean;
-}
+/** Where `pre` finds the image: stored in Redis by the gateway (or `fetch`), or still a URL. */
+export const ImageSourceSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('stored') }),
+  z.object({ kind: z.literal('url'), url: z.string().min(1) }),
+]);
+export type ImageSource = z.infer<typeof ImageSourceSchema>;
 
-export interface InferJob extends RequestContext {
-  letterbox: Letterbox;
-}
+/** Payload of the `fetch` and `pre` queues: one image to download and/or letterbox. */
+export const PreJobSchema = RequestContextSchema.extend({
+  source: ImageSourceSchema,
+  autoOrient: z.boolean(),
+});
+export type PreJob = z.infer<typeof PreJobSchema>;
 
-export interface PostJob extends RequestContext {
-  letterbox: Letterbox;
+/** Payload of the `infer` queue: one letterboxed image, its pixels in Redis. */
+export const InferJobSchema = RequestContextSchema.extend({ letterbox: LetterboxSchema });
+export type InferJob = z.infer<typeof InferJobSchema>;
+
+/** Payload of the `post` queue: one image's candidates, in Redis, to finish. */
+export const PostJobSchema = RequestContextSchema.extend({
+  letterbox: LetterboxSchema,
   /** Images in the batch that held this image, for the logs. */
-  batchSize: number;
-}
+  batchSize: z.number().int().min(1),
+});
+export type PostJob = z.infer<typeof PostJobSchema>;
 
-/** Job payload type by queue, so a processor's payload follows from its queue name. */
-export interface JobPayloads {
-  fetch: PreJob;
-  pre: PreJob;
-  infer: InferJob;
-  post: PostJob;
-}
+/**
+ * The job payload schema of each queue: a worker parses every job's data with its queue's
+ * schema (shared/queues.ts), and a processor's payload type follows from its queue name.
+ */
+export const JobPayloadSchemas = {
+  fetch: PreJobSchema,
+  pre: PreJobSchema,
+  infer: InferJobSchema,
+  post: PostJobSchema,
+} as const satisfies Record<QueueName, z.ZodType>;
+
+/** Job payload type by queue, derived from JobPayloadSchemas. */
+export type JobPayloads = {
+  [Q in QueueName]: z.infer<(typeof JobPayloadSchemas)[Q]>;
+};
 
 /** One prediction, as in Roboflow's ObjectDetectionPrediction. */
-export interface Prediction {
-  x: number;
-  y: number;
-  width: number;
-  height: number;
-  confidence: number;
-  class: string;
-  class_id: number;
-  detection_id: string;
-}
+export const PredictionSchema = z.object({
+  x: z.number().describe('Box centre, pixels of the original (oriented) image.'),
+  y: z.number().describe('Box centre, pixels of the original (oriented) image.'),
+  width: z.number().describe('Box width, pixels of the original (oriented) image.'),
+  height: z.number().describe('Box height, pixels of the original (oriented) image.'),
+  confidence: z.number().min(0).max(1),
+  class: z.string(),
+  class_id: z.number().int().min(0),
+  detection_id: z.uuid(),
+});
+export type Prediction = z.infer<typeof PredictionSchema>;
 
-/** Roboflow's ObjectDetectionInferenceResponse. */
-export interface DetectionResponse {
-  inference_id: string;
-  time: number;
-  image: { width: number; height: number };
-  predictions: Prediction[];
-  /** The image with the predictions drawn, base64 JPEG, when `visualize_predictions` was set. */
-  visualization?: string;
-}
+/** Roboflow's ObjectDetectionInferenceResponse: the answer for one image. */
+export const DetectionResponseSchema = z.object({
+  inference_id: z.uuid(),
+  time: z.number().describe('Seconds from the request arriving to the result.'),
+  image: z
+    .object({ width: z.number().int().min(1), height: z.number().int().min(1) })
+    .describe('Size of the original (oriented) image, pixels.'),
+  predictions: z.array(PredictionSchema),
+  visualization: z
+    .base64()
+    .optional()
+    .describe('The image with the predictions drawn, base64 JPEG (visualize_predictions).'),
+});
+export type DetectionResponse = z.infer<typeof DetectionResponseSchema>;
 
-/** What a stage pushes onto a gateway's reply list when an image is finished. */
-export type ResultMessage =
-  | { id: string; ok: true; response: DetectionResponse; marks: StageMarks }
-  | { id: string; ok: false; error: ErrorBody };
+/**
+ * What a stage pushes onto a gateway's reply list (shared/reply.ts) when an image is finished:
+ * its response, or the error that ended it.
+ */
+export const ResultMessageSchema = z.discriminatedUnion('ok', [
+  z.object({
+    id: z.string().min(1),
+    ok: z.literal(true),
+    response: DetectionResponseSchema,
+    marks: StageMarksSchema,
+  }),
+  z.object({ id: z.string().min(1), ok: z.literal(false), error: ErrorBodySchema }),
+]);
+export type ResultMessage = z.infer<typeof ResultMessageSchema>;
 
-/** Published by the inference process with its heartbeat; read by the gateway and `post`. */
-export interface ModelDescription {
-  model_id: string;
-  task_type: 'object-detection';
+/**
+ * One served model, published by the inference process as part of its heartbeat's value (a
+ * JSON array of these, see model-directory.ts); read by the gateway and `pre`/`post`. The
+ * public model routes answer parts of it, with these field names.
+ */
+export const ModelDescriptionSchema = z.object({
+  model_id: z.string().min(1),
+  task_type: z.literal('object-detection'),
   /** Largest batch the inference process runs. */
-  batch_size: number;
-  input_width: number;
-  input_height: number;
-  class_names: string[];
-  execution_provider: string;
+  batch_size: z.number().int().min(1).describe('Largest batch the server runs.'),
+  input_width: z.number().int().min(1).describe('Model input width, pixels.'),
+  input_height: z.number().int().min(1).describe('Model input height, pixels.'),
+  class_names: z.array(z.string()).describe('Class names, by class id.'),
+  execution_provider: z.string().describe('onnxruntime execution provider.'),
   /** Whether the model is loaded now (listed models load on first use). */
-  loaded: boolean;
+  loaded: z.boolean().describe('Loaded now (served models load on first use).'),
   /** Pinned models are loaded at start and never unloaded. */
-  pinned: boolean;
-  /** Output layout `infer` decodes (see shared/model-layout.ts). */
-  layout: ModelLayout;
-  /** How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest. */
-  preprocessing: Preprocessing;
+  pinned: z.boolean().describe('Loaded at start and never unloaded.'),
+  /** Output layout `infer` decodes (see model-layout.ts). */
+  layout: z.enum(MODEL_LAYOUTS).describe('Output layout of the model.'),
+  /**
+   * How images become the model's input: `pre` letterboxes with `pad`, `infer` does the rest.
+   * A description published before models carried it means Ultralytics' (centred).
+   */
+  preprocessing: PreprocessingSchema.default(DEFAULT_PREPROCESSING.yolov8),
   /**
    * The model's recommended confidence threshold, 0..1, from its ONNX metadata entry
    * `recommended_confidence`; what a request's `confidence: 'best'` means. Null when the model
    * gives none (absent in descriptions published before it existed).
    */
-  recommended_confidence?: number | null;
-}
+  recommended_confidence: z.number().min(0).max(1).nullable().optional(),
+});
+export type ModelDescription = z.infer<typeof ModelDescriptionSchema>;
 
-/** A command from the gateway's model routes to the inference process. */
-export type ModelCommand =
-  { op: 'add'; modelId: string } | { op: 'remove'; modelId: string } | { op: 'clear' };
+/** The value of an inference process's heartbeat: the descriptions of the models it serves. */
+export const ModelDescriptionsSchema = z.array(ModelDescriptionSchema);
+
+/**
+ * A command from the gateway's model routes to the inference process, on the model-control
+ * pub/sub channel: load a served model, unload one, unload every model that is not pinned.
+ */
+export const ModelCommandSchema = z.discriminatedUnion('op', [
+  z.object({ op: z.literal('add'), modelId: z.string().min(1) }),
+  z.object({ op: z.literal('remove'), modelId: z.string().min(1) }),
+  z.object({ op: z.literal('clear') }),
+]);
+export type ModelCommand = z.infer<typeof ModelCommandSchema>;
 
 /** The request context of a job, without the stage-specific fields, for the next stage's job. */
 export function contextOf(job: RequestContext): RequestContext {

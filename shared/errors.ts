@@ -1,3 +1,5 @@
+import { z } from 'zod';
+
 /**
  * Error codes every role agrees on. A code is stable and machine-readable; it travels between
  * processes (inside BullMQ failure reasons and result messages) as a plain string, so the
@@ -93,11 +95,15 @@ export class PipelineError extends Error {
   }
 }
 
-/** Plain form of an error, as it travels between processes and out to HTTP clients. */
-export interface ErrorBody {
-  code: ErrorCode;
-  message: string;
-}
+/**
+ * Plain form of an error, as it travels between processes (result messages) and out to HTTP
+ * clients (every error response): the one definition of the API's error body.
+ */
+export const ErrorBodySchema = z.object({
+  code: z.enum(ErrorCode).describe('Stable machine-readable error code.'),
+  message: z.string().describe('What went wrong and what to do about it.'),
+});
+export type ErrorBody = z.infer<typeof ErrorBodySchema>;
 
 /**
  * Codes that tell the client to come back later: answered with a `Retry-After` header (in

@@ -1,3 +1,4 @@
+import { z } from 'zod';
 import type { PadPlacement } from './model-layout.js';
 
 /**
@@ -6,21 +7,37 @@ import type { PadPlacement } from './model-layout.js';
  * (with grey 114, done by the caller). Pure functions so the geometry is unit-tested without an
  * image.
  */
-export interface Letterbox {
-  /** Size of the (oriented) source image in pixels. */
-  srcWidth: number;
-  srcHeight: number;
-  /** Size of the model input. */
-  inputWidth: number;
-  inputHeight: number;
-  /** Size of the resized image inside the input, before padding. */
-  resizedWidth: number;
-  resizedHeight: number;
-  /** Padding on the left and top; the right and bottom take the rest. */
-  padLeft: number;
-  padTop: number;
-}
+const px = z.number().int().min(0);
 
+/**
+ * Where an image sits in the model input, in pixels. It travels in the `infer` and `post` job
+ * payloads (contracts.ts), so it is a schema: the type and the check of a payload read from
+ * Redis come from it.
+ */
+export const LetterboxSchema = z.object({
+  /** Size of the (oriented) source image in pixels. */
+  srcWidth: px,
+  srcHeight: px,
+  /** Size of the model input. */
+  inputWidth: px,
+  inputHeight: px,
+  /** Size of the resized image inside the input, before padding. */
+  resizedWidth: px,
+  resizedHeight: px,
+  /** Padding on the left and top; the right and bottom take the rest. */
+  padLeft: px,
+  padTop: px,
+});
+export type Letterbox = z.infer<typeof LetterboxSchema>;
+
+/**
+ * The letterbox of a `srcWidth`×`srcHeight` image in an `inputWidth`×`inputHeight` model input
+ * (all pixels): scaled to fit with its aspect ratio kept, then placed. Centred placement
+ * reproduces Ultralytics' `LetterBox` rounding (`round(pad / 2 - 0.1)` on the left/top).
+ *
+ * @throws RangeError when a size is not positive
+ * @defaultValue placement `'centre'`
+ */
 export function computeLetterbox(
   srcWidth: number,
   srcHeight: number,

@@ -1,9 +1,11 @@
 import type { Redis } from 'ioredis';
-import type { ModelDescription } from './contracts.js';
+import { ModelDescriptionsSchema, type ModelDescription } from './contracts.js';
 import { ErrorCode, PipelineError } from './errors.js';
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, listAlive } from './heartbeat.js';
 import type { Keys } from './keys.js';
 import { sleep } from './deadline.js';
+import type { Logger } from './logger.js';
+import { parseJson } from './validation.js';
 
 /**
  * Where the roles learn which models are served and how (input size, class names). Each
@@ -16,7 +18,10 @@ import { sleep } from './deadline.js';
  */
 export const INFER_ROLE = 'infer';
 
-/** The heartbeat value of an inference process: its models' descriptions. */
+/**
+ * The heartbeat value of an inference process: its models' descriptions, a JSON array read back
+ * with ModelDescriptionsSchema.
+ */
 export function modelsPayload(descriptions: readonly ModelDescription[]): string {
   return JSON.stringify(descriptions);
 }
@@ -26,12 +31,20 @@ export class ModelDirectory {
   private loading: Promise<Map<string, ModelDescription>> | undefined;
 
   /**
+   * Inference instances whose heartbeat value was malformed, with the problems last logged, so
+   * a bad value is logged when it appears (or changes), not on every read.
+   */
+  private readonly reported = new Map<string, string>();
+
+  /**
+   * @param log where a malformed heartbeat value is reported (error level); none: not reported
    * @param maxAgeMs how old a cached directory may be before it is read again
    * @defaultValue maxAgeMs 1000
    */
   constructor(
     private readonly redis: Redis,
     private readonly keys: Keys,
+    private readonly log?: Logger,
     private readonly maxAgeMs = 1000,
   ) {}
 
@@ -83,15 +96,39 @@ export class ModelDirectory {
   private async load(): Promise<Map<string, ModelDescription>> {
     const alive = await listAlive(this.redis, this.keys, INFER_ROLE);
     const models = new Map<string, ModelDescription>();
-    for (const payload of alive.values()) {
-      for (const desc of parseDescriptions(payload)) {
+    for (const [instance, payload] of alive) {
+      for (const desc of this.descriptionsOf(instance, payload)) {
         // Two inference processes serving one model: a loaded copy wins for `loaded`.
         const seen = models.get(desc.model_id);
         if (!seen || (!seen.loaded && desc.loaded)) models.set(desc.model_id, desc);
       }
     }
+    for (const instance of this.reported.keys())
+      if (!alive.has(instance)) this.reported.delete(instance);
     this.cache = { at: Date.now(), models };
     return models;
+  }
+
+  /**
+   * An inference heartbeat's descriptions, parsed with ModelDescriptionsSchema. A value of
+   * another shape publishes nothing (its models are not served, rather than served wrongly) and
+   * is logged as an error once per instance and problem.
+   */
+  private descriptionsOf(instance: string, payload: string): ModelDescription[] {
+    const parsed = parseJson(ModelDescriptionsSchema, payload);
+    if (parsed.ok) {
+      this.reported.delete(instance);
+      return parsed.value;
+    }
+    const problems = parsed.problems.join('; ');
+    if (this.reported.get(instance) !== problems) {
+      this.reported.set(instance, problems);
+      this.log?.error(
+        { instance, problems: parsed.problems },
+        'malformed model descriptions in an inference heartbeat; its models are not served',
+      );
+    }
+    return [];
   }
 }
 
@@ -122,14 +159,4 @@ export function resolveModel(
   const [only, ...others] = served.values();
   if (only && others.length === 0) return only;
   throw new PipelineError(ErrorCode.INVALID_REQUEST, `model_id is required; served: ${ids()}`);
-}
-
-/** An inference heartbeat's descriptions; a value of another shape publishes nothing. */
-function parseDescriptions(payload: string): ModelDescription[] {
-  try {
-    const parsed: unknown = JSON.parse(payload);
-    return Array.isArray(parsed) ? (parsed as ModelDescription[]) : [];
-  } catch {
-    return [];
-  }
 }

@@ -1,3 +1,5 @@
+import { z } from 'zod';
+
 /**
  * The detector families the inference stage understands, and how each wants its input prepared.
  * Shared because `pre` letterboxes for the model it serves, `infer` builds the input tensor and
@@ -19,17 +21,22 @@ export const MODEL_LAYOUTS = ['yolov8', 'yolov5', 'yolox', 'end2end'] as const;
 export type ModelLayout = (typeof MODEL_LAYOUTS)[number];
 
 /** Where the resized image sits in the model input; the rest is grey (114) padding. */
-export type PadPlacement = 'centre' | 'top-left';
+export const PAD_PLACEMENTS = ['centre', 'top-left'] as const;
+export type PadPlacement = (typeof PAD_PLACEMENTS)[number];
 
-/** How images are turned into the model's input tensor. */
-export interface Preprocessing {
+/**
+ * How images are turned into the model's input tensor. Part of the model description the
+ * inference process publishes (contracts.ts), hence a schema.
+ */
+export const PreprocessingSchema = z.object({
   /** `centre` (Ultralytics) or `top-left` (YOLOX pads only at the bottom and right). */
-  pad: PadPlacement;
+  pad: z.enum(PAD_PLACEMENTS),
   /** Channel order of the input tensor. */
-  channelOrder: 'rgb' | 'bgr';
+  channelOrder: z.enum(['rgb', 'bgr']),
   /** Multiplier from 0..255 pixel values to input values: 1/255 for 0..1, 1 for 0..255. */
-  scale: number;
-}
+  scale: z.number().positive(),
+});
+export type Preprocessing = z.infer<typeof PreprocessingSchema>;
 
 const ULTRALYTICS: Preprocessing = { pad: 'centre', channelOrder: 'rgb', scale: 1 / 255 };
 

@@ -1,11 +1,18 @@
 import { Queue, Worker, UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { JobPayloads, QueueName, RequestContext } from './contracts.js';
+import {
+  JobPayloadSchemas,
+  RequestContextSchema,
+  type JobPayloads,
+  type QueueName,
+  type RequestContext,
+} from './contracts.js';
 import { ErrorCode, PipelineError, toErrorBody, type ErrorBody } from './errors.js';
 import type { Keys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { StageMetrics } from './metrics.js';
 import { sendResult } from './reply.js';
+import { formatIssues } from './validation.js';
 
 /**
  * The BullMQ adapter: every queue and worker of the pipeline is made here, with the job options
@@ -55,7 +62,8 @@ export interface StageWorkerOptions<Q extends QueueName> {
   /** How long a job's lock lasts without renewal (JOB_LOCK_MS). */
   lockDurationMs: number;
   metrics: StageMetrics;
-  process: (data: JobPayloads[Q], log: Logger, job: Job<JobPayloads[Q]>) => Promise<void>;
+  /** The stage's work on one job, its payload already parsed with the queue's schema. */
+  process: (data: JobPayloads[Q], log: Logger) => Promise<void>;
 }
 
 /**
@@ -66,10 +74,14 @@ export interface StageWorkerOptions<Q extends QueueName> {
  */
 export function createStageWorker<Q extends QueueName>(
   opts: StageWorkerOptions<Q>,
-): Worker<JobPayloads[Q]> {
+): Worker<unknown> {
   const { keys, client, logger } = opts;
   /** Tells the waiting gateway that this image failed, and drops the image's data. */
-  const answerWithError = async (data: RequestContext, error: ErrorBody, log: Logger) => {
+  const answerWithError = async (
+    data: Pick<RequestContext, 'id' | 'replyTo'>,
+    error: ErrorBody,
+    log: Logger,
+  ) => {
     try {
       await sendResult(
         client,
@@ -84,10 +96,19 @@ export function createStageWorker<Q extends QueueName>(
       log.error({ err }, 'could not send the error result');
     }
   };
-  const worker = new Worker<JobPayloads[Q]>(
+  // The worker sees job data as it comes out of Redis (`unknown`); parsePayload makes it typed.
+  const worker = new Worker<unknown>(
     opts.queue,
     async (job) => {
-      const data = job.data;
+      const data = await parsePayload(opts.queue, job.data, (error) => {
+        const log = logger.child({ inference_id: job.id, stage: opts.queue });
+        log.error({ code: error.code, problems: error.message }, 'malformed job payload');
+        opts.metrics.failed.inc({ stage: opts.queue, code: error.code });
+        // Whoever waits for this image hears of it, if the payload still says who that is.
+        const target = replyTarget(job);
+        return target ? answerWithError(target, error, log) : Promise.resolve();
+      });
+      if (!data) throw new UnrecoverableError('malformed job payload (see the log)');
       const log = logger.child({ inference_id: data.id, stage: opts.queue });
       const stage = { stage: opts.queue };
       const started = Date.now();
@@ -103,7 +124,7 @@ export function createStageWorker<Q extends QueueName>(
             `request deadline passed before the ${opts.queue} stage`,
           );
         }
-        await opts.process(data, log, job);
+        await opts.process(data, log);
         opts.metrics.processing.observe(stage, (Date.now() - started) / 1000);
         opts.metrics.completed.inc(stage);
       } catch (err) {
@@ -137,13 +158,39 @@ export function createStageWorker<Q extends QueueName>(
       message: `the ${opts.queue} stage lost this image twice (its workers died)`,
     };
     opts.metrics.failed.inc({ stage: opts.queue, code: error.code });
-    const log = logger.child({ inference_id: job.data.id, stage: opts.queue });
+    const log = logger.child({ inference_id: job.id, stage: opts.queue });
     log.error(error.message);
-    void answerWithError(job.data, error, log);
+    const target = replyTarget(job);
+    if (target) void answerWithError(target, error, log);
   });
   worker.on('stalled', (jobId) => {
     opts.metrics.stalled.inc({ stage: opts.queue });
     logger.warn({ inference_id: jobId, stage: opts.queue }, 'stalled job put back in the queue');
   });
   return worker;
+}
+
+/**
+ * A job's data as its queue's schema (JobPayloadSchemas) reads it: BullMQ hands over whatever
+ * JSON the job holds in Redis, which is trusted only once parsed. On a payload of another shape
+ * `onMalformed` gets an INTERNAL error naming every problem, and the result is undefined.
+ */
+async function parsePayload<Q extends QueueName>(
+  queue: Q,
+  data: unknown,
+  onMalformed: (error: ErrorBody) => Promise<void>,
+): Promise<JobPayloads[Q] | undefined> {
+  const parsed = JobPayloadSchemas[queue].safeParse(data);
+  if (parsed.success) return parsed.data as JobPayloads[Q];
+  await onMalformed({
+    code: ErrorCode.INTERNAL,
+    message: `malformed ${queue} job payload: ${formatIssues(parsed.error, 'data').join('; ')}`,
+  });
+  return undefined;
+}
+
+/** Where a job's image is answered (its id and gateway), read from data that may be malformed. */
+function replyTarget(job: Job<unknown>): Pick<RequestContext, 'id' | 'replyTo'> | undefined {
+  const target = RequestContextSchema.pick({ id: true, replyTo: true }).safeParse(job.data);
+  return target.success ? target.data : undefined;
 }

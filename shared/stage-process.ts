@@ -80,8 +80,8 @@ export function runStage<Q extends QueueName>(
     registerQueueGauge(registry, ownQueues);
     const metricsServer = await serveMetrics(
       registry,
-      config.gateway.host,
-      config.metricsPort,
+      config.worker.metricsHost,
+      config.worker.metricsPort,
       log,
     );
     const metrics = new StageMetrics(registry);
@@ -99,7 +99,7 @@ export function runStage<Q extends QueueName>(
         concurrency: s.concurrency,
         logger: log,
         replyTtlSeconds: config.dataTtlSeconds,
-        lockDurationMs: config.jobLockMs,
+        lockDurationMs: config.worker.jobLockMs,
         process: s.process as StageWorkerOptions<QueueName>['process'],
       }),
     );

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { laxBoolean, laxConfidence, laxNumber } from './lax-values.js';
-import { parseImageValue, type ParsedRequest } from './request.js';
+import { invalidRequest, parseImageValue, type ParsedRequest } from './request.js';
 
 /**
  * Parsing of Roboflow's legacy (hosted API v1) request, `POST /{dataset_id}/{version_id}`:
@@ -23,7 +23,11 @@ export interface LegacyRequest {
 /** What the route read of the body: a base64 text, raw image bytes, or nothing. */
 export type LegacyBody = { kind: 'base64'; text: string } | { kind: 'bytes'; bytes: Buffer } | null;
 
-const QuerySchema = z.looseObject({
+/**
+ * The legacy route's query string: parsed with this, and documented from it (legacy-route.ts).
+ * `api_key` is read by the key guard (auth.ts), listed here for the documentation.
+ */
+export const LegacyQuerySchema = z.looseObject({
   format: z
     .enum(['json', 'image', 'image_and_json'], {
       error: "must be 'json', 'image' or 'image_and_json'",
@@ -32,17 +36,28 @@ const QuerySchema = z.looseObject({
   // Roboflow's hosted API takes a percentage (0..100) where its server takes 0..1: a value of
   // 1 or more is read as a percentage, as Roboflow's own server does. 'default' and 'best'
   // are resolved against the model like the JSON route's.
-  confidence: laxConfidence(100).default(40),
-  overlap: laxNumber(z.number().min(0).max(100)).default(30),
-  classes: z.string().optional(),
-  labels: laxBoolean().default(false),
-  stroke: laxNumber(z.number().int().min(1).max(100)).default(1),
+  confidence: laxConfidence(100)
+    .default(40)
+    .describe(
+      "0..1, or a percentage when 1 or more; 'default' (40 %) or 'best' (the model's recommended threshold)",
+    ),
+  overlap: laxNumber(z.number().min(0).max(100))
+    .default(30)
+    .describe('NMS IoU: 0..1, or a percentage'),
+  classes: z.string().optional().describe('Comma-separated class names to keep'),
+  labels: laxBoolean()
+    .default(false)
+    .describe('Draw labels on the image (true/false, True/False, 1/0, yes/no, on/off)'),
+  stroke: laxNumber(z.number().int().min(1).max(100))
+    .default(1)
+    .describe('Box outline width of the image, pixels'),
   max_detections: laxNumber(z.number().int().min(1).max(100_000)).default(300),
   max_candidates: laxNumber(z.number().int().min(1).max(1_000_000)).default(3000),
   class_agnostic_nms: laxBoolean().default(false),
   disable_preproc_auto_orient: laxBoolean().default(false),
   timeout_ms: laxNumber(z.number().int().min(1)).optional(),
-  image: z.string().min(1).optional(),
+  image: z.string().min(1).optional().describe('URL of the image'),
+  api_key: z.string().optional(),
 });
 
 /** A 0..1 fraction from a value that may be a percentage (1..100), as Roboflow reads them. */
@@ -63,11 +78,8 @@ export function parseLegacyRequest(
   for (const [key, value] of Object.entries(query)) {
     flat[key] = Array.isArray(value) ? (value as unknown[])[value.length - 1] : value;
   }
-  const result = QuerySchema.safeParse(flat);
-  if (!result.success) {
-    const details = result.error.issues.map((i) => `${i.path.join('.') || 'query'}: ${i.message}`);
-    throw new PipelineError(ErrorCode.INVALID_REQUEST, details.join('; '), { issues: details });
-  }
+  const result = LegacyQuerySchema.safeParse(flat);
+  if (!result.success) throw invalidRequest(result.error, 'query');
   const q = result.data;
   const hasBody = body !== null && (body.kind === 'bytes' || body.text.trim() !== '');
   if (q.image !== undefined && hasBody) {

@@ -1,10 +1,11 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { parseLegacyRequest, type LegacyBody } from './legacy-request.js';
+import { z } from 'zod';
+import { LegacyQuerySchema, parseLegacyRequest, type LegacyBody } from './legacy-request.js';
 import type { KeyGuard } from './auth.js';
 import { readMultipartImage } from './multipart-image.js';
-import { detectionResponseSchema, errorSchema } from './openapi.js';
+import { detectionResponseDoc, errorResponses, openApiSchema } from './openapi.js';
 import type { ParsedRequest } from './request.js';
 
 /**
@@ -47,7 +48,7 @@ export async function registerLegacyRoute(
       '/:dataset_id/:version_id',
       { schema: legacySchema, onRequest: deps.admit, preHandler: deps.guard },
       async (req, reply) => {
-        const { dataset_id, version_id } = req.params as { dataset_id: string; version_id: string };
+        const { dataset_id, version_id } = LegacyParams.parse(req.params);
         const body = await readBody(req);
         const { parsed, format } = parseLegacyRequest(
           `${dataset_id}/${version_id}`,
@@ -75,44 +76,22 @@ async function readBody(req: FastifyRequest): Promise<LegacyBody> {
   return null;
 }
 
+/** The route's path parameters: the model is `dataset_id/version_id`. */
+const LegacyParams = z.object({ dataset_id: z.string().min(1), version_id: z.string().min(1) });
+
 const legacySchema = {
   summary: "Roboflow's legacy (hosted API v1) detection route",
   description:
     'The model is `dataset_id/version_id` (serve it with MODEL_ID=dataset/version). The image is ' +
     '`?image=<url>`, a base64 body (application/x-www-form-urlencoded, text/plain or ' +
     "application/json), a multipart part 'file' or a raw image body.",
-  params: {
-    type: 'object',
-    properties: { dataset_id: { type: 'string' }, version_id: { type: 'string' } },
-  },
-  querystring: {
-    type: 'object',
-    properties: {
-      format: { type: 'string', enum: ['json', 'image', 'image_and_json'], default: 'json' },
-      confidence: {
-        anyOf: [{ type: 'number' }, { type: 'string', enum: ['default', 'best'] }],
-        default: 40,
-        description:
-          "0..1, or a percentage when 1 or more; 'default' (40 %) or 'best' (the model's recommended threshold)",
-      },
-      overlap: { type: 'number', default: 30, description: 'NMS IoU: 0..1, or a percentage' },
-      classes: { type: 'string', description: 'Comma-separated class names to keep' },
-      labels: {
-        type: 'boolean',
-        default: false,
-        description: 'Draw labels on the image (true/false, True/False, 1/0, yes/no, on/off)',
-      },
-      stroke: { type: 'integer', default: 1, description: 'Box outline width of the image' },
-      max_detections: { type: 'integer', default: 300 },
-      image: { type: 'string', description: 'URL of the image' },
-      api_key: { type: 'string' },
-    },
-  },
+  params: openApiSchema(LegacyParams),
+  querystring: openApiSchema(LegacyQuerySchema, 'input'),
   response: {
     200: {
       description: 'JSON (format json or image_and_json) or image/jpeg (format image)',
-      ...detectionResponseSchema,
+      ...detectionResponseDoc,
     },
-    ...Object.fromEntries([400, 401, 404, 413, 415, 500, 503, 504].map((s) => [s, errorSchema])),
+    ...errorResponses(400, 401, 404, 413, 415, 500, 503, 504),
   },
 };

@@ -79,7 +79,7 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
     fetchQueue,
     queues,
     waiter,
-    models: new ModelDirectory(redis, keys),
+    models: new ModelDirectory(redis, keys, log),
     log,
     registry,
     metrics: new GatewayMetrics(registry),

@@ -1,11 +1,17 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance, preHandlerHookHandler } from 'fastify';
 import type { Redis } from 'ioredis';
-import type { ModelCommand, ModelDescription } from '../../shared/contracts.js';
+import { z } from 'zod';
+import {
+  ModelDescriptionSchema,
+  type ModelCommand,
+  type ModelDescription,
+} from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
-import { routeSchemas } from './openapi.js';
+import { errorResponses, openApiSchema } from './openapi.js';
+import { invalidRequest } from './request.js';
 
 /**
  * Roboflow's model manager routes, within what the served models allow: `/model/registry`
@@ -23,11 +29,82 @@ export interface ModelRoutesDeps {
   timeoutMs: number;
 }
 
+/** Roboflow's ModelDescriptionEntity: one loaded model in the model manager's answers. */
+export const ModelEntrySchema = ModelDescriptionSchema.pick({
+  model_id: true,
+  task_type: true,
+  batch_size: true,
+  input_height: true,
+  input_width: true,
+});
+export type ModelEntry = z.infer<typeof ModelEntrySchema>;
+
+/** Roboflow's ModelsDescriptions: the answer of the model manager routes. */
+export const ModelListSchema = z.object({ models: z.array(ModelEntrySchema) });
+export type ModelList = z.infer<typeof ModelListSchema>;
+
+/** One served model in `GET /models`: the entry, with its state, classes and layout. */
+export const ServedModelSchema = ModelEntrySchema.extend(
+  ModelDescriptionSchema.pick({
+    loaded: true,
+    pinned: true,
+    layout: true,
+    execution_provider: true,
+    class_names: true,
+  }).shape,
+);
+const ServedModelsSchema = z.object({ models: z.array(ServedModelSchema) });
+export type ServedModels = z.infer<typeof ServedModelsSchema>;
+
+/** The body of `/model/add` and `/model/remove` (Roboflow's AddModelRequest). */
+export const ModelIdBodySchema = z.looseObject({
+  model_id: z.string({ error: 'a string is required' }).min(1, 'a string is required'),
+  api_key: z.string().optional(),
+});
+
+const listResponse = (...errors: number[]) => ({
+  200: openApiSchema(ModelListSchema),
+  ...errorResponses(...errors),
+});
+
+/** Route schemas (documentation, see openapi.ts), by route. */
+const routeSchemas = {
+  registry: {
+    summary: 'Loaded models (Roboflow model registry)',
+    response: listResponse(),
+  },
+  models: {
+    summary: 'Every model this stack serves, loaded or not, with its classes and layout',
+    response: { 200: openApiSchema(ServedModelsSchema) },
+  },
+  addModel: {
+    summary: 'Load a served model now (inference-sdk calls this before inferring)',
+    body: openApiSchema(ModelIdBodySchema, 'input'),
+    response: listResponse(400, 404, 503, 504),
+  },
+  removeModel: {
+    summary: 'Unload a model; it loads again on its next request',
+    body: openApiSchema(ModelIdBodySchema, 'input'),
+    response: listResponse(400, 404, 409, 503, 504),
+  },
+  clearModels: {
+    summary: 'Unload every model that is not pinned',
+    response: listResponse(503, 504),
+  },
+};
+
 const POLL_MS = 50;
 
+/**
+ * Registers the model manager routes and `GET /models`.
+ *
+ * @throws (answered) INVALID_REQUEST without a model_id, MODEL_NOT_FOUND for a model not
+ *   served, MODEL_PINNED when removing a pinned one, NOT_READY when no inference process
+ *   listens, DEADLINE_EXCEEDED when the change does not show within `timeoutMs`
+ */
 export function registerModelRoutes(app: FastifyInstance, deps: ModelRoutesDeps): void {
   const { models, needsKey } = deps;
-  const loaded = (all: Map<string, ModelDescription>) => ({
+  const loaded = (all: Map<string, ModelDescription>): ModelList => ({
     models: [...all.values()].filter((m) => m.loaded).map(describe),
   });
 
@@ -36,16 +113,13 @@ export function registerModelRoutes(app: FastifyInstance, deps: ModelRoutesDeps)
     loaded(await models.fresh()),
   );
 
-  app.get('/models', { schema: routeSchemas.models, ...needsKey }, async () => ({
-    models: [...(await models.fresh()).values()].map((m) => ({
-      ...describe(m),
-      loaded: m.loaded,
-      pinned: m.pinned,
-      layout: m.layout,
-      execution_provider: m.execution_provider,
-      class_names: m.class_names,
-    })),
-  }));
+  app.get(
+    '/models',
+    { schema: routeSchemas.models, ...needsKey },
+    async (): Promise<ServedModels> => ({
+      models: [...(await models.fresh()).values()].map((m) => ServedModelSchema.parse(m)),
+    }),
+  );
 
   app.post('/model/add', { schema: routeSchemas.addModel, ...needsKey }, async (req) => {
     const modelId = modelIdOf(req.body);
@@ -79,23 +153,16 @@ export function registerModelRoutes(app: FastifyInstance, deps: ModelRoutesDeps)
   });
 }
 
-/** Roboflow's ModelDescriptionEntity. */
-export function describe(m: ModelDescription) {
-  return {
-    model_id: m.model_id,
-    task_type: m.task_type,
-    batch_size: m.batch_size,
-    input_height: m.input_height,
-    input_width: m.input_width,
-  };
+/** Roboflow's ModelDescriptionEntity of a model: the fields of ModelEntrySchema. */
+export function describe(m: ModelDescription): ModelEntry {
+  return ModelEntrySchema.parse(m);
 }
 
+/** The model_id of an add/remove body. @throws PipelineError INVALID_REQUEST without one */
 function modelIdOf(body: unknown): string {
-  const modelId = (body as { model_id?: unknown } | undefined)?.model_id;
-  if (typeof modelId !== 'string' || modelId === '') {
-    throw new PipelineError(ErrorCode.INVALID_REQUEST, 'model_id: a string is required');
-  }
-  return modelId;
+  const parsed = ModelIdBodySchema.safeParse(body ?? {});
+  if (!parsed.success) throw invalidRequest(parsed.error);
+  return parsed.data.model_id;
 }
 
 /** Sends a command to the inference process and waits until the descriptions show it done. */

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { DetectionParams, ModelDescription } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { formatIssues } from '../../shared/validation.js';
 import { laxBoolean, laxConfidence, laxNumber, type ConfidenceSetting } from './lax-values.js';
 
 /**
@@ -81,24 +82,21 @@ const BodySchema = OptionsSchema.extend({
 });
 
 /**
- * JSON Schema (OpenAPI 3.0) of the request body, for the API documentation. It is the parsing
- * schema with the image described exactly (parsing keeps `image` loose so that its errors can
- * name the supported types).
+ * The request body as the API documentation shows it (openapi.ts): the parsing schema's options,
+ * with the image described exactly (parsing keeps `image` loose so that its errors can name the
+ * supported types; parseImageValue then accepts exactly what this describes).
  */
-export function requestBodyJsonSchema(): Record<string, unknown> {
-  const image = z.object({
-    type: z.enum(['base64', 'url']),
-    value: z
-      .string()
-      .describe('Base64 image bytes (a data: URL prefix is accepted), or an http(s) URL.'),
-  });
-  const doc = OptionsSchema.extend({
-    image: z
-      .union([image, z.array(image).min(1)])
-      .describe('One image, or a list of images (the response is then a list in the same order).'),
-  });
-  return z.toJSONSchema(doc, { target: 'openapi-3.0', io: 'input' });
-}
+const DocImageSchema = z.object({
+  type: z.enum(['base64', 'url']),
+  value: z
+    .string()
+    .describe('Base64 image bytes (a data: URL prefix is accepted), or an http(s) URL.'),
+});
+export const RequestBodyDocSchema = OptionsSchema.extend({
+  image: z
+    .union([DocImageSchema, z.array(DocImageSchema).min(1)])
+    .describe('One image, or a list of images (the response is then a list in the same order).'),
+});
 
 type Options = z.infer<typeof OptionsSchema>;
 
@@ -108,7 +106,7 @@ export function parseJsonRequest(body: unknown, maxImages: number): ParsedReques
     throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the request body must be a JSON object');
   }
   const parsed = BodySchema.safeParse(body);
-  if (!parsed.success) throw invalid(parsed.error);
+  if (!parsed.success) throw invalidRequest(parsed.error);
   const isList = Array.isArray(parsed.data.image);
   const rawImages = Array.isArray(parsed.data.image) ? parsed.data.image : [parsed.data.image];
   checkImageCount(rawImages.length, maxImages);
@@ -136,7 +134,7 @@ export function parseQueryRequest(query: Record<string, unknown>, image: Buffer)
     }
   }
   const parsed = OptionsSchema.safeParse(converted);
-  if (!parsed.success) throw invalid(parsed.error);
+  if (!parsed.success) throw invalidRequest(parsed.error);
   if (image.byteLength === 0)
     throw new PipelineError(ErrorCode.INVALID_REQUEST, 'the image is empty');
   return { images: [{ kind: 'bytes', bytes: image }], isList: false, ...options(parsed.data) };
@@ -249,7 +247,14 @@ export function parseImageValue(
   }
 }
 
-function invalid(error: z.ZodError): PipelineError {
-  const details = error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`);
+/**
+ * INVALID_REQUEST naming every problem zod found (`field: message`, joined with `; `), with the
+ * list in `details.issues`.
+ *
+ * @param root what a problem with the whole value is called
+ * @defaultValue root `'body'`
+ */
+export function invalidRequest(error: z.ZodError, root = 'body'): PipelineError {
+  const details = formatIssues(error, root);
   return new PipelineError(ErrorCode.INVALID_REQUEST, details.join('; '), { issues: details });
 }

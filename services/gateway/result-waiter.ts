@@ -1,7 +1,13 @@
 import type { Redis } from 'ioredis';
-import type { DetectionResponse, ResultMessage, StageMarks } from '../../shared/contracts.js';
+import { z } from 'zod';
+import {
+  ResultMessageSchema,
+  type DetectionResponse,
+  type StageMarks,
+} from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
+import { parseJson } from '../../shared/validation.js';
 
 /**
  * Waits for results on this gateway instance's reply list (see shared/reply.ts). One loop pops
@@ -141,19 +147,51 @@ export class ResultWaiter {
     }
   }
 
+  /**
+   * Settles the wait a result message is for. The message is parsed with ResultMessageSchema:
+   * one of another shape is logged, and when its id is still readable its request is answered
+   * with INTERNAL rather than with whatever the message holds.
+   */
   private settle(raw: string): void {
-    let msg: ResultMessage;
-    try {
-      msg = JSON.parse(raw) as ResultMessage;
-    } catch (err) {
-      this.log.error({ err }, 'malformed result message');
+    const parsed = parseJson(ResultMessageSchema, raw);
+    if (!parsed.ok) {
+      const id = idOf(raw);
+      this.log.error(
+        { inference_id: id, problems: parsed.problems, raw: raw.slice(0, 500) },
+        'malformed result message',
+      );
+      if (id !== undefined)
+        this.end(id, (w) =>
+          w.reject(
+            new PipelineError(
+              ErrorCode.INTERNAL,
+              `the result of this image was malformed: ${parsed.problems.join('; ')}`,
+            ),
+          ),
+        );
       return;
     }
-    const w = this.pending.get(msg.id);
+    const msg = parsed.value;
+    this.end(msg.id, (w) => {
+      if (msg.ok) w.resolve({ response: msg.response, marks: msg.marks });
+      else w.reject(new PipelineError(msg.error.code, msg.error.message));
+    });
+  }
+
+  /** Removes the wait for `id` and settles it with `how`; nothing when already answered. */
+  private end(id: string, how: (w: PendingWait) => void): void {
+    const w = this.pending.get(id);
     if (!w) return; // Already answered (deadline) or cancelled.
     clearTimeout(w.timer);
-    this.pending.delete(msg.id);
-    if (msg.ok) w.resolve({ response: msg.response, marks: msg.marks });
-    else w.reject(new PipelineError(msg.error.code, msg.error.message));
+    this.pending.delete(id);
+    how(w);
   }
 }
+
+/** The `id` of a message that failed its schema, when it still has a readable one. */
+function idOf(raw: string): string | undefined {
+  const parsed = parseJson(MessageId, raw);
+  return parsed.ok ? parsed.value.id : undefined;
+}
+
+const MessageId = z.object({ id: z.string().min(1) });

@@ -2,13 +2,27 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { Keys } from '../../shared/keys.js';
-import { routeSchemas } from './openapi.js';
+import { z } from 'zod';
+import { errorResponses, openApiSchema } from './openapi.js';
 import { SERVER_NAME, SERVER_VERSION } from './version.js';
 
 /**
  * `GET /info`, as Roboflow's server answers it (its `ServerVersionInfo`), which inference-sdk's
  * `get_server_info()` reads: the server's name, version and a stable id.
  */
+
+/** The body of `GET /info`: Roboflow's ServerVersionInfo. */
+export const ServerInfoSchema = z.object({
+  name: z.string(),
+  version: z.string(),
+  uuid: z.uuid().describe('Stable id of the stack: the same from every gateway sharing its Redis.'),
+});
+export type ServerInfo = z.infer<typeof ServerInfoSchema>;
+
+const infoRouteSchema = {
+  summary: "The server's name, version and id (Roboflow's ServerVersionInfo)",
+  response: { 200: openApiSchema(ServerInfoSchema), ...errorResponses(503) },
+};
 
 export interface ServerInfoDeps {
   redis: Redis;
@@ -23,7 +37,7 @@ export interface ServerInfoDeps {
  */
 export function registerServerInfo(app: FastifyInstance, deps: ServerInfoDeps): void {
   let uuid: string | undefined;
-  app.get('/info', { schema: routeSchemas.info }, async () => {
+  app.get('/info', { schema: infoRouteSchema }, async (): Promise<ServerInfo> => {
     uuid ??= await stackId(deps);
     return { name: SERVER_NAME, version: SERVER_VERSION, uuid };
   });

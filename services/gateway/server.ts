@@ -45,7 +45,7 @@ import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerModelRoutes } from './model-routes.js';
 import { multipartOptions, readMultipartImage } from './multipart-image.js';
-import { registerOpenApi, routeSchemas } from './openapi.js';
+import { inferRouteSchema, registerOpenApi } from './openapi.js';
 import type { ImageResult, ResultWaiter } from './result-waiter.js';
 import { registerServerInfo } from './server-info.js';
 import { serverTiming } from './server-timing.js';
@@ -102,8 +102,11 @@ export async function buildServer(deps: GatewayDeps) {
     genReqId: () => randomUUID(),
   });
 
-  // request.ts validates requests and responses are plain JSON: the route schemas only
-  // document the API (openapi.ts), so they must not reject or reshape anything here.
+  // The route schemas are generated from the zod schemas that define each shape and only
+  // document the API (openapi.ts): requests are parsed by those zod schemas themselves
+  // (request.ts, which names every bad field in the API's own error body) and responses are
+  // built from the types derived from them and sent as plain JSON, so fastify's validator and
+  // serializer must not reject or reshape anything here.
   app.setValidatorCompiler(() => () => true);
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
   await registerOpenApi(app);
@@ -195,7 +198,7 @@ export async function buildServer(deps: GatewayDeps) {
       done(err as Error);
     }
   };
-  const inferRoute = { schema: routeSchemas.infer, ...needsKey, onRequest: admit };
+  const inferRoute = { schema: inferRouteSchema, ...needsKey, onRequest: admit };
 
   /** Runs a parsed request's images through the pipeline; results in the request's order. */
   const detect = async (req: FastifyRequest, reply: FastifyReply, parsed: ParsedRequest) => {

@@ -1,10 +1,10 @@
 import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
 import {
+  ModelCommandSchema,
   QueueName,
   contextOf,
   nowMs,
   type InferJob,
-  type ModelCommand,
   type ModelDescription,
 } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
@@ -12,6 +12,7 @@ import { modelsPayload } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
 import { cleanupWithRedis, closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
+import { parseJson } from '../../shared/validation.js';
 import { BatchScheduler } from './batcher.js';
 import { InferenceMetrics } from './metrics.js';
 import { ModelPool } from './model-pool.js';
@@ -103,8 +104,14 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
   const control = createRedis(config.redis.url, `infer-control:${instanceId}`, 'worker');
   await control.subscribe(keys.modelControl());
   control.on('message', (_channel: string, raw: string) => {
+    // A message of another shape is nobody's command: logged, and nothing changes.
+    const parsed = parseJson(ModelCommandSchema, raw);
+    if (!parsed.ok) {
+      log.error({ problems: parsed.problems, raw: raw.slice(0, 500) }, 'malformed model command');
+      return;
+    }
+    const cmd = parsed.value;
     void (async () => {
-      const cmd = JSON.parse(raw) as ModelCommand;
       if (cmd.op === 'clear') await pool.clear();
       else if (!pool.has(cmd.modelId)) return;
       else if (cmd.op === 'add') await pool.add(cmd.modelId);

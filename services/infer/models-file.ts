@@ -5,6 +5,7 @@ import { z } from 'zod';
 import type { Config } from '../../shared/config.js';
 import { TINY_MODEL_ID } from '../../shared/config.js';
 import { MODEL_LAYOUTS, type ModelLayout, type Preprocessing } from '../../shared/model-layout.js';
+import { formatIssues } from '../../shared/validation.js';
 
 /**
  * The models one inference process serves: read from the models file (`MODELS_FILE`, YAML or
@@ -90,8 +91,7 @@ export function parseModelsFile(
   }
   const parsed = ModelsFile.safeParse(raw);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`);
-    throw new ModelsFileError(problems.join('; '));
+    throw new ModelsFileError(formatIssues(parsed.error).join('; '));
   }
   return parsed.data.models.map((e) => ({
     id: e.id,

@@ -20,8 +20,8 @@ import { drawPredictions } from './visualize.js';
 sharp.concurrency(1);
 sharp.cache(false);
 
-runStage(QueueName.post, ({ config, keys, client }) => {
-  const models = new ModelDirectory(client, keys);
+runStage(QueueName.post, ({ config, log, keys, client }) => {
+  const models = new ModelDirectory(client, keys, log);
   const budget = new PixelBudget(config.post.visualizeMaxPixels);
   return {
     concurrency: config.post.concurrency,
@@ -49,7 +49,7 @@ runStage(QueueName.post, ({ config, keys, client }) => {
         const drawn = await budget.run(srcWidth * srcHeight, () =>
           drawPredictions(original, response.predictions, {
             ...job.params.visualize!,
-            maxPixels: config.pre.maxImagePixels,
+            maxPixels: config.post.maxImagePixels,
           }),
         );
         response.visualization = drawn.toString('base64');

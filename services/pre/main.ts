@@ -22,17 +22,10 @@ import { letterboxImage } from './preprocess.js';
 // concurrency for the same cores.
 sharp.concurrency(1);
 
-runStage(QueueName.pre, ({ config, keys, client }) => {
-  const models = new ModelDirectory(client, keys);
+runStage(QueueName.pre, ({ config, log, keys, client }) => {
+  const models = new ModelDirectory(client, keys, log);
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix);
-  const policy = {
-    allowPrivate: config.pre.fetch.allowPrivate,
-    maxBytes: config.pre.fetch.maxBytes,
-    connectTimeoutMs: 5000,
-    maxRedirects: 3,
-    totalTimeoutMs: config.pre.fetch.timeoutMs,
-  };
   return {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
@@ -47,8 +40,7 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
         model.input_height,
         job.autoOrient,
         { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
-        // A description published before models carried their preprocessing: centred.
-        model.preprocessing?.pad ?? 'centre',
+        model.preprocessing.pad,
       );
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.
@@ -70,7 +62,7 @@ runStage(QueueName.pre, ({ config, keys, client }) => {
             return;
           }
           const started = performance.now();
-          const bytes = await fetchImage(job.source.url, job.deadline, policy);
+          const bytes = await fetchImage(job.source.url, job.deadline, config.pre.fetch.policy);
           // Stored as an upload is: `pre` decodes it, `post` draws on it, cleanup is the same.
           await client.set(keys.image(job.id), bytes, 'EX', config.dataTtlSeconds);
           await enqueue(preQueue, { ...job, source: { kind: 'stored' } });

@@ -130,7 +130,7 @@ async function servedModels(url: string, config: Config): Promise<string> {
  * METRICS_PORT, then the pre processes, then the post processes (0 keeps every port free-picked).
  */
 function metricsPort(role: Role, index: number): number {
-  const base = config.metricsPort;
+  const base = config.worker.metricsPort;
   if (base === 0) return 0;
   const pre = config.supervisor.preProcesses;
   switch (role) {

@@ -414,7 +414,7 @@ describe('docker/prometheus/prometheus.yml', () => {
   });
 
   test('scrapes the gateway on 9001 and every replica of pre, infer and post on METRICS_PORT', () => {
-    const metricsPort = loadConfig({}).metricsPort;
+    const metricsPort = loadConfig({}).worker.metricsPort;
     assert.equal(metricsPort, 9464);
     assert.equal(loadConfig({}).gateway.port, 9001);
     const jobs = new Map((config.scrape_configs ?? []).map((j) => [j.job_name, j]));
