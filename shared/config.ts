@@ -94,9 +94,14 @@ export const EnvSchema = z.object({
   /** `image.type = url`; off refuses URL images at the gateway. */
   ALLOW_URL_INPUT: z.stringbool().default(true),
   /** Downloads of URL images one `pre` process runs at once (apart from its decoding slots). */
-  URL_FETCH_CONCURRENCY: int(16, 1, 1024),
+  URL_FETCH_CONCURRENCY: int(32, 1, 1024),
   /** Longest time one image download may take, redirects included; else IMAGE_FETCH_FAILED. */
   URL_FETCH_TIMEOUT_MS: int(10_000, 100, 3_600_000),
+  /**
+   * Slowest average download rate kept past its first 2 s, bytes/s (0: no floor); slower ones
+   * fail with IMAGE_FETCH_FAILED, so a trickling host frees its download slots early.
+   */
+  URL_FETCH_MIN_BYTES_PER_S: int(4096, 0),
   /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
   ALLOW_PRIVATE_URLS: z.stringbool().default(false),
   /** API keys, comma-separated; with API_KEYS_FILE (one per line). None: the API is open. */
@@ -220,6 +225,8 @@ function toConfig(e: z.output<typeof EnvSchema>) {
           maxRedirects: URL_MAX_REDIRECTS,
           /** Longest time one download may take, redirects included, ms. */
           totalTimeoutMs: e.URL_FETCH_TIMEOUT_MS,
+          /** Slowest average rate kept past the first 2 s of a download, bytes/s; 0: none. */
+          minBytesPerSecond: e.URL_FETCH_MIN_BYTES_PER_S,
         },
       },
     },

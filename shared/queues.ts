@@ -20,7 +20,8 @@ import { formatIssues } from './validation.js';
  */
 export const JOB_OPTIONS: JobsOptions = {
   attempts: 3,
-  backoff: { type: 'fixed', delay: 50 },
+  // 100 ms, then 200 ms: a transient fault (Redis full or restarting) gets a moment to pass.
+  backoff: { type: 'exponential', delay: 100 },
   removeOnComplete: true,
   removeOnFail: true,
 };
@@ -83,6 +84,10 @@ export function createStageWorker<Q extends QueueName>(
     log: Logger,
   ) => {
     try {
+      // Nothing downstream will consume this image's data now. Deleted first: a Redis at its
+      // maxmemory refuses the reply (LPUSH) but not DEL, and the image's megabytes make room
+      // for the reply's few hundred bytes.
+      await client.del(...keys.requestData(data.id));
       await sendResult(
         client,
         keys,
@@ -90,8 +95,6 @@ export function createStageWorker<Q extends QueueName>(
         { id: data.id, ok: false, error },
         opts.replyTtlSeconds,
       );
-      // Nothing downstream will consume this image's data now.
-      await client.del(...keys.requestData(data.id));
     } catch (err) {
       log.error({ err }, 'could not send the error result');
     }

@@ -92,36 +92,20 @@ export async function buildServer(deps: GatewayDeps) {
       connectionsCheckingInterval: 1000,
     },
     clientErrorHandler: clientError,
-    // A backstop for every route: none answers later than REQUEST_TIMEOUT_MS (and a second)
-    // after it arrived, whatever Redis does. The inference routes keep their own, exact deadline.
-    handlerTimeout: config.requestTimeoutMs + 1000,
+    // URLs fastify cannot route (a bad %-escape): the API's 400.
+    frameworkErrors: (err, _req, reply) => {
+      const body: ErrorBody = {
+        code: ErrorCode.INVALID_REQUEST,
+        message: `bad request URL: ${err.message}`,
+      };
+      void (reply as FastifyReply).status(400).send(body);
+    },
     // Requests that arrive while draining get this API's 503 (the onRequest hook below).
     return503OnClosing: false,
     // One line per request is logged by the onResponse hook below, with its inference ids.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
   });
-
-  // The route schemas are generated from the zod schemas that define each shape and only
-  // document the API (openapi.ts): requests are parsed by those zod schemas themselves
-  // (request.ts, which names every bad field in the API's own error body) and responses are
-  // built from the types derived from them and sent as plain JSON, so fastify's validator and
-  // serializer must not reject or reshape anything here.
-  app.setValidatorCompiler(() => () => true);
-  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
-  await registerOpenApi(app);
-  const apiKeys = ApiKeys.fromConfig(config.gateway.apiKeys, config.gateway.apiKeysFile);
-  // Checked once the body is parsed (api_key may be in it); /healthz, /readyz and /docs stay open.
-  const needsKey = { preHandler: apiKeys.guard() };
-  await registerDashboard(app, deps.queues, config.gateway.queueDashboard, apiKeys.guard());
-  await app.register(multipart, multipartOptions(config.gateway.maxBodyBytes));
-  // Text bodies are no request this API takes: 415 rather than a confusing 400.
-  app.removeContentTypeParser('text/plain');
-  // Fastify tests a pattern against the whole header, parameters included (`; charset=binary`):
-  // the pattern allows parameters after every accepted type alike.
-  app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer' }, (_req, body, done) =>
-    done(null, body),
-  );
 
   const { metrics } = deps;
   // When each request arrived: its deadline runs from here, whatever it waits for after.
@@ -134,8 +118,23 @@ export async function buildServer(deps: GatewayDeps) {
   app.addHook('onRequest', (req, reply, done) => {
     arrivals.set(req, Date.now());
     metrics.inFlight.inc();
+    // A backstop for every route (plugins' too): none answers later than REQUEST_TIMEOUT_MS
+    // and a second after it arrived, whatever Redis does. The inference routes keep their own,
+    // exact deadline. Sent as a plain body, so no plugin's own error handler reshapes it.
+    const backstop = setTimeout(() => {
+      if (reply.sent || reply.raw.headersSent) return;
+      metrics.errors.inc({ code: ErrorCode.DEADLINE_EXCEEDED });
+      req.log.warn('no answer within the request timeout');
+      void reply.status(504).send({
+        code: ErrorCode.DEADLINE_EXCEEDED,
+        message: 'no answer within the request timeout',
+      });
+    }, config.requestTimeoutMs + 1000);
     // 'close' comes for every response, answered or aborted, exactly once.
-    reply.raw.once('close', () => metrics.inFlight.dec());
+    reply.raw.once('close', () => {
+      clearTimeout(backstop);
+      metrics.inFlight.dec();
+    });
     if (draining) {
       void reply.header('connection', 'close');
       done(new PipelineError(ErrorCode.NOT_READY, 'the gateway is shutting down; retry'));
@@ -169,6 +168,37 @@ export async function buildServer(deps: GatewayDeps) {
       req.log.warn({ code: body.code, message: body.message }, 'request refused');
     void reply.status(status).send(body);
   });
+  // Every error a client receives is {code, message} with its documented status, whatever
+  // produced it (a plugin with an error handler of its own, fastify itself).
+  app.addHook('onSend', (_req, reply, payload, done) => {
+    if (reply.statusCode < 400) return done(null, payload);
+    const body = apiErrorBody(reply.statusCode, payload);
+    if (body === undefined) return done(null, payload);
+    void reply.header('content-type', 'application/json; charset=utf-8');
+    if (RETRY_LATER.has(body.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+    done(null, JSON.stringify(body));
+  });
+  // The route schemas are generated from the zod schemas that define each shape and only
+  // document the API (openapi.ts): requests are parsed by those zod schemas themselves
+  // (request.ts, which names every bad field in the API's own error body) and responses are
+  // built from the types derived from them and sent as plain JSON, so fastify's validator and
+  // serializer must not reject or reshape anything here.
+  app.setValidatorCompiler(() => () => true);
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  await registerOpenApi(app);
+  const apiKeys = ApiKeys.fromConfig(config.gateway.apiKeys, config.gateway.apiKeysFile);
+  // Checked once the body is parsed (api_key may be in it); /healthz, /readyz and /docs stay open.
+  const needsKey = { preHandler: apiKeys.guard() };
+  await registerDashboard(app, deps.queues, config.gateway.queueDashboard, apiKeys.guard());
+  await app.register(multipart, multipartOptions(config.gateway.maxBodyBytes));
+  // Text bodies are no request this API takes: 415 rather than a confusing 400.
+  app.removeContentTypeParser('text/plain');
+  // Fastify tests a pattern against the whole header, parameters included (`; charset=binary`):
+  // the pattern allows parameters after every accepted type alike.
+  app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
+  );
+
   app.setNotFoundHandler((req, reply) => {
     void reply
       .status(404)
@@ -409,13 +439,54 @@ function toHttpError(err: FastifyError): ErrorBody {
   if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
   if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
   if (status === 408) return { code: ErrorCode.REQUEST_TIMEOUT, message: err.message };
-  if (err.code === 'FST_ERR_HANDLER_TIMEOUT')
-    return { code: ErrorCode.DEADLINE_EXCEEDED, message: 'no answer within the request timeout' };
   if (status >= 400 && status < 500)
     return { code: ErrorCode.INVALID_REQUEST, message: err.message };
   const body = toErrorBody(err);
   // Unknown failures keep their details in the log, not in the answer.
   return body.code === ErrorCode.INTERNAL ? { ...body, message: 'internal error' } : body;
+}
+
+/**
+ * The API's error body for an error response of another shape (undefined when it has the
+ * API's shape already): its code from the status, its message kept when it has one.
+ *
+ * @param payload what was about to be sent (string, Buffer or stream; streams are kept)
+ */
+export function apiErrorBody(status: number, payload: unknown): ErrorBody | undefined {
+  if (typeof payload !== 'string' && !Buffer.isBuffer(payload)) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(payload.toString());
+  } catch {
+    parsed = undefined;
+  }
+  const fields = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<
+    string,
+    unknown
+  >;
+  const { code, message } = fields;
+  if (typeof code === 'string' && code in ErrorCode && typeof message === 'string')
+    return undefined;
+  return {
+    code: codeForStatus(status),
+    message: typeof message === 'string' ? message : (STATUS_CODES[status] ?? 'error'),
+  };
+}
+
+/** The API's error code for an HTTP status that came without one. */
+function codeForStatus(status: number): ErrorCode {
+  const byStatus: Record<number, ErrorCode> = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    408: ErrorCode.REQUEST_TIMEOUT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorCode.OVERLOADED,
+    501: ErrorCode.NOT_IMPLEMENTED,
+    503: ErrorCode.NOT_READY,
+    504: ErrorCode.DEADLINE_EXCEEDED,
+  };
+  return byStatus[status] ?? (status < 500 ? ErrorCode.INVALID_REQUEST : ErrorCode.INTERNAL);
 }
 
 /** Longest wait for a request's headers, whatever REQUEST_BODY_TIMEOUT_MS says. */

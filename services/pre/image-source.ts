@@ -25,6 +25,11 @@ export interface UrlPolicy {
   maxRedirects: number;
   /** Longest time the whole download may take, redirects included, ms; the request deadline bounds it too. */
   totalTimeoutMs?: number;
+  /**
+   * Slowest average rate, bytes/s, a download may have once MIN_RATE_GRACE_MS have passed;
+   * 0 or absent: no floor.
+   */
+  minBytesPerSecond?: number;
 }
 
 /**
@@ -72,6 +77,8 @@ export async function fetchImage(
     if (!policy.allowPrivate && isIP(host) !== 0 && !isPublicAddress(host)) {
       throw new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(host));
     }
+    // The rate floor counts from the request, so a host slow to answer is held to it too.
+    const hopStart = Date.now();
     const res = await get(current, until, late, policy).catch((err: unknown) => {
       throw err instanceof PipelineError
         ? err
@@ -96,6 +103,20 @@ export async function fetchImage(
     }
     const chunks: Buffer[] = [];
     let total = 0;
+    // A host that trickles is cut off once its average rate stays under the floor.
+    const floor = policy.minBytesPerSecond ?? 0;
+    const rateCheck =
+      floor > 0
+        ? setInterval(() => {
+            const seconds = (Date.now() - hopStart) / 1000;
+            if (seconds * 1000 >= MIN_RATE_GRACE_MS && total / seconds < floor)
+              res.destroy(
+                new Error(
+                  `the download is slower than ${floor} bytes/s (${Math.round(total / seconds)})`,
+                ),
+              );
+          }, 250)
+        : undefined;
     try {
       for await (const chunk of res as AsyncIterable<Buffer>) {
         total += chunk.byteLength;
@@ -109,11 +130,16 @@ export async function fetchImage(
       throw err instanceof PipelineError
         ? err
         : fail(err instanceof Error ? err.message : String(err));
+    } finally {
+      clearInterval(rateCheck);
     }
     if (total === 0) throw fail('the response body is empty');
     return Buffer.concat(chunks);
   }
 }
+
+/** How long a download runs before its average rate is held to the floor (minBytesPerSecond). */
+export const MIN_RATE_GRACE_MS = 2000;
 
 /** The URL, or IMAGE_FETCH_FAILED when it is not one (a redirect's Location can be anything). */
 function parseUrl(text: string, base: URL | undefined, fail: (why: string) => PipelineError): URL {
@@ -153,7 +179,9 @@ function get(
     });
     const total = setTimeout(() => req.destroy(new Error(late)), remaining);
     req.once('timeout', () =>
-      req.destroy(new Error(`no connection within ${policy.connectTimeoutMs} ms`)),
+      req.destroy(
+        new Error(`no connection, or no response on it, within ${policy.connectTimeoutMs} ms`),
+      ),
     );
     req.once('error', (err) => {
       clearTimeout(total);

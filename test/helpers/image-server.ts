@@ -5,23 +5,36 @@ import { after, before } from 'node:test';
 /**
  * A loopback HTTP server for a test file's image URLs: started before its tests, closed after
  * them. `served` maps a path to the PNG bytes answered for it; paths in `trickled` answer 200
- * and then one byte a second, never finishing; other paths are 404.
+ * and then one byte a second, never finishing; paths in `steady` send 8 KiB every 500 ms of a
+ * declared 10 MB (16 KiB/s, over a minute); other paths are 404.
  */
 export interface ImageServer {
   /** `http://127.0.0.1:<port>`, once the server listens. */
   url: string;
   served: Map<string, Buffer>;
   trickled: Set<string>;
+  steady: Set<string>;
 }
 
 export function suiteImageServer(): ImageServer {
-  const handle: ImageServer = { url: '', served: new Map(), trickled: new Set() };
+  const handle: ImageServer = {
+    url: '',
+    served: new Map(),
+    trickled: new Set(),
+    steady: new Set(),
+  };
   let server: Server | undefined;
   before(async () => {
     server = createServer((req, res) => {
       if (handle.trickled.has(req.url ?? '')) {
         res.writeHead(200, { 'content-type': 'image/png', 'content-length': '100000' });
         const timer = setInterval(() => res.write('x'), 1000);
+        res.once('close', () => clearInterval(timer));
+        return;
+      }
+      if (handle.steady.has(req.url ?? '')) {
+        res.writeHead(200, { 'content-type': 'image/png', 'content-length': '10000000' });
+        const timer = setInterval(() => res.write(Buffer.alloc(8192)), 500);
         res.once('close', () => clearInterval(timer));
         return;
       }

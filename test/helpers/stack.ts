@@ -60,6 +60,11 @@ export interface RunningRole {
   output: string[];
 }
 
+/** Whether a role's process is still running (it ends with an exit code or by a signal). */
+export function isRunning(r: RunningRole): boolean {
+  return r.process.exitCode === null && r.process.signalCode === null;
+}
+
 export interface Stack {
   url: string;
   prefix: string;
@@ -128,7 +133,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
 async function waitUntilReady(stack: Stack, timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
-    const dead = stack.roles.find((r) => r.process.exitCode !== null);
+    const dead = stack.roles.find((r) => !isRunning(r));
     if (dead) throw new Error(`${dead.role} exited during startup:\n${dead.output.join('\n')}`);
     try {
       if ((await fetch(`${stack.url}/readyz`)).ok) return;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { drawImage } from '../helpers/images.js';
-import { postJson, suiteStack, type Stack } from '../helpers/stack.js';
+import { isRunning, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * A model is listed exactly as long as a live inference process serves it: an inference
@@ -43,9 +43,7 @@ for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
     assert.equal(before.length, 1);
     const replacement = stack.add('infer', { MODEL_ID: `other-${signal.toLowerCase()}` });
     await until('the new model listed', 30_000, async () => (await servedIds()).length === 2);
-    const old = stack.roles.find(
-      (r) => r.role === 'infer' && r !== replacement && r.process.exitCode === null,
-    )!;
+    const old = stack.roles.find((r) => r.role === 'infer' && r !== replacement && isRunning(r))!;
     const stoppedAt = Date.now();
     old.process.kill(signal);
     const goneAt = await until(

@@ -6,7 +6,7 @@ import type { DetectionResponse } from '../../shared/contracts.js';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
 import { sample, scrape as scrapeRole } from '../helpers/metrics.js';
-import { logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
+import { isRunning, logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * Seeing inside the pipeline: each role's /metrics counts exactly what was sent, the queue
@@ -124,9 +124,7 @@ describe('observability', () => {
       sample(await scrape('gateway'), 'sd_queue_jobs', { queue, state: 'waiting' });
     for (const r of stack.roles.filter((x) => x.role === 'post')) {
       r.process.kill('SIGTERM');
-      await new Promise((res) =>
-        r.process.exitCode !== null ? res(null) : r.process.once('exit', res),
-      );
+      await new Promise((res) => (!isRunning(r) ? res(null) : r.process.once('exit', res)));
     }
     const body = await request();
     const pending = Array.from({ length: 3 }, () =>

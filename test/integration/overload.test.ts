@@ -3,7 +3,14 @@ import { test } from 'node:test';
 import type { Role } from '../../services/supervisor/processes.js';
 import { drawImage } from '../helpers/images.js';
 import { sample, scrape } from '../helpers/metrics.js';
-import { keysOf, postJson, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import {
+  isRunning,
+  keysOf,
+  postJson,
+  suiteStack,
+  type RedisHandle,
+  type Stack,
+} from '../helpers/stack.js';
 
 /**
  * Overload is refused early and cheaply (429 with Retry-After, before the image is read), the
@@ -20,11 +27,9 @@ suiteStack({ env: { MAX_INFLIGHT: '3', MAX_QUEUE_DEPTH: '2' } }, (s, r) => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function stopRole(role: Role, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  for (const r of stack.roles.filter((x) => x.role === role && x.process.exitCode === null)) {
+  for (const r of stack.roles.filter((x) => x.role === role && isRunning(x))) {
     r.process.kill(signal);
-    await new Promise((res) =>
-      r.process.exitCode !== null ? res(null) : r.process.once('exit', res),
-    );
+    await new Promise((res) => (!isRunning(r) ? res(null) : r.process.once('exit', res)));
   }
 }
 

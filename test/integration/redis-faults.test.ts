@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { Redis } from 'ioredis';
 import { drawImage } from '../helpers/images.js';
-import { keysOf, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
+import { isRunning, keysOf, suiteStack, type RedisHandle, type Stack } from '../helpers/stack.js';
 
 /**
  * Redis that misbehaves without dying, fills up or restarts empty: every request is still
@@ -186,7 +186,7 @@ test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, n
 test('Redis restarted empty: requests in flight are answered 503 at once, none gets 404 for the served model', async (t) => {
   await untilServing();
   // Hold work in flight: no `pre` worker takes it while Redis restarts.
-  const pre = stack.roles.filter((r) => r.role === 'pre' && r.process.exitCode === null);
+  const pre = stack.roles.filter((r) => r.role === 'pre' && isRunning(r));
   for (const r of pre) r.process.kill('SIGSTOP');
   try {
     const payload = { ...(await body()), timeout_ms: 6000 };

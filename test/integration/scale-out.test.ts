@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { DetectionResponse } from '../../shared/contracts.js';
 import { drawImage } from '../helpers/images.js';
-import { logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
+import { isRunning, logEvents, postJson, suiteStack, type Stack } from '../helpers/stack.js';
 
 /**
  * Redis is the only thing the stages share: a group of `pre` and `post` processes started
@@ -37,10 +37,7 @@ test('a separately started pre/post group joins a running stack and serves it', 
   for (const r of originals) r.process.kill('SIGTERM');
   await Promise.all(
     originals.map(
-      (r) =>
-        new Promise((res) =>
-          r.process.exitCode !== null ? res(null) : r.process.once('exit', res),
-        ),
+      (r) => new Promise((res) => (!isRunning(r) ? res(null) : r.process.once('exit', res))),
     ),
   );
 
