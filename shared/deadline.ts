@@ -24,7 +24,7 @@ export function withDeadline<T>(
     work.catch(() => {});
     return Promise.reject(onTimeout());
   }
-  const { promise, resolve, reject } = withResolvers<T>();
+  const { promise, resolve, reject } = Promise.withResolvers<T>();
   const timer = setTimeout(() => reject(onTimeout()), remaining);
   work.then(
     (value) => {
@@ -54,21 +54,4 @@ export function withTimeout<T>(
 /** Resolves after `ms` milliseconds. */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-interface Resolvers<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (reason: unknown) => void;
-}
-
-/** `Promise.withResolvers`, which Node 20 lacks. */
-function withResolvers<T>(): Resolvers<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (reason: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
 }

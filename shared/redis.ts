@@ -12,6 +12,9 @@ export function createRedis(url: string, name: string, kind: ConnectionKind): Re
   const options: RedisOptions = {
     connectionName: name,
     lazyConnect: false,
+    // RESP2, as ioredis 5 spoke: ioredis 6 defaults to RESP3, under which Redis returns Lua
+    // booleans and maps with other types, and BullMQ's scripts and this code read RESP2 replies.
+    protocol: 2,
     ...(kind === 'worker'
       ? { maxRetriesPerRequest: null }
       : { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 2000 }),

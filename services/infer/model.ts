@@ -79,7 +79,7 @@ export class OnnxModel {
     readonly layoutSource: DetectedLayout['source'],
   ) {
     thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
-    thread.on('error', (err) => this.failAll(err));
+    thread.on('error', (err: Error) => this.failAll(err));
     thread.on('exit', (code) =>
       this.failAll(new Error(`the inference thread exited with code ${code}`)),
     );
