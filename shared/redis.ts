@@ -1,5 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { withTimeout } from './deadline.js';
+import type { Logger } from './logger.js';
 
 /**
  * Redis connections. BullMQ workers need `maxRetriesPerRequest: null` (blocking commands must
@@ -8,7 +9,20 @@ import { withTimeout } from './deadline.js';
  */
 export type ConnectionKind = 'worker' | 'client';
 
-export function createRedis(url: string, name: string, kind: ConnectionKind): Redis {
+/**
+ * A connection to `url`, named `name` in Redis's CLIENT LIST.
+ *
+ * @param kind `worker`: commands wait through reconnects (BullMQ's blocking connections and
+ *   the stages' own); `client`: a command fails after one reconnect attempt (request paths)
+ * @param log where connection errors go, one warning when the connection breaks and one line
+ *   when it is back (not one per reconnect attempt); without it they are dropped silently
+ */
+export function createRedis(
+  url: string,
+  name: string,
+  kind: ConnectionKind,
+  log?: Logger,
+): Redis {
   const options: RedisOptions = {
     connectionName: name,
     lazyConnect: false,
@@ -20,7 +34,20 @@ export function createRedis(url: string, name: string, kind: ConnectionKind): Re
       : { maxRetriesPerRequest: 1, enableOfflineQueue: true, connectTimeout: 2000 }),
     retryStrategy: (times) => Math.min(times * 100, 2000),
   };
-  return new Redis(url, options);
+  const redis = new Redis(url, options);
+  // Without a listener ioredis prints every error, unformatted, to stderr.
+  let broken = false;
+  redis.on('error', (err: Error) => {
+    if (broken) return;
+    broken = true;
+    log?.warn({ connection: name, err: err.message }, 'Redis connection lost; reconnecting');
+  });
+  redis.on('ready', () => {
+    if (!broken) return;
+    broken = false;
+    log?.info({ connection: name }, 'Redis connection back');
+  });
+  return redis;
 }
 
 /**

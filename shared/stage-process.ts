@@ -66,7 +66,7 @@ export function runStage<Q extends QueueName>(
   const instanceId = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   const keys = new Keys(config.redis.prefix);
   void (async () => {
-    const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker');
+    const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker', log);
     const registry = createRegistry(queue);
     // A no-op until the heartbeat starts (setup runs before it).
     let beat: Heartbeat['beat'] = () => Promise.resolve();
@@ -87,7 +87,7 @@ export function runStage<Q extends QueueName>(
     const metrics = new StageMetrics(registry);
     // Each worker blocks on its own connection.
     const connections = served.map((s) =>
-      createRedis(config.redis.url, `${s.queue}-worker:${instanceId}`, 'worker'),
+      createRedis(config.redis.url, `${s.queue}-worker:${instanceId}`, 'worker', log),
     );
     const workers = served.map((s, i) =>
       createStageWorker({

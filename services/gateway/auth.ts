@@ -46,8 +46,37 @@ export class ApiKeys {
    * through the error handler: plugins such as Bull Board have their own).
    */
   guard(): KeyGuard {
+    return this.guardWith(keyOf);
+  }
+
+  /**
+   * The guard of the queue dashboard (a page in a browser, whose own requests carry no key):
+   * its static files are open, and a page opened with a valid `?api_key=` sets that key as a
+   * cookie (HttpOnly, SameSite=Strict, path `path`) that the page's API calls then carry.
+   *
+   * @param path the dashboard's base path
+   */
+  dashboardGuard(path: string): KeyGuard {
+    const checkKey = this.guardWith((req) => keyOf(req) ?? cookieKey(req));
     return async (req, reply) => {
-      if (!this.enabled || this.accepts(keyOf(req))) return;
+      if (!this.enabled) return;
+      if (req.url.startsWith(`${path}/static/`)) return;
+      const answered = await checkKey(req, reply);
+      if (answered) return answered;
+      const fromQuery = (req.query as Record<string, unknown> | undefined)?.['api_key'];
+      if (typeof fromQuery === 'string') {
+        void reply.header(
+          'set-cookie',
+          `${KEY_COOKIE}=${encodeURIComponent(fromQuery)}; Path=${path}; HttpOnly; SameSite=Strict`,
+        );
+      }
+      return undefined;
+    };
+  }
+
+  private guardWith(keyOfRequest: (req: FastifyRequest) => string | undefined): KeyGuard {
+    return async (req, reply) => {
+      if (!this.enabled || this.accepts(keyOfRequest(req))) return;
       const error = new PipelineError(
         ErrorCode.UNAUTHORIZED,
         'a valid API key is required (api_key, or Authorization: Bearer <key>)',
@@ -58,9 +87,23 @@ export class ApiKeys {
   }
 }
 
+/** The cookie in which the dashboard's page keeps its API key. */
+const KEY_COOKIE = 'sd_api_key';
+
+function cookieKey(req: FastifyRequest): string | undefined {
+  for (const part of (req.headers.cookie ?? '').split(';')) {
+    const at = part.indexOf('=');
+    if (at > 0 && part.slice(0, at).trim() === KEY_COOKIE)
+      return decodeURIComponent(part.slice(at + 1).trim());
+  }
+  return undefined;
+}
+
 function keyOf(req: FastifyRequest): string | undefined {
   const auth = req.headers.authorization;
-  if (auth?.startsWith('Bearer ')) return auth.slice(7).trim();
+  // The scheme's name is case-insensitive (RFC 9110, 11.1).
+  const bearer = /^bearer\s+(.+)$/i.exec(auth ?? '');
+  if (bearer) return bearer[1]!.trim();
   const fromQuery = (req.query as Record<string, unknown> | undefined)?.['api_key'];
   if (typeof fromQuery === 'string') return fromQuery;
   const body = req.body;

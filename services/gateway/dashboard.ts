@@ -18,6 +18,7 @@ export async function registerDashboard(
   app: FastifyInstance,
   queues: readonly Queue[],
   mode: DashboardMode,
+  /** The API-key guard for the dashboard (ApiKeys.dashboardGuard). */
   guard: KeyGuard,
 ) {
   if (mode === 'off') return;

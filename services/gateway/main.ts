@@ -43,8 +43,8 @@ if (cluster.isPrimary && config.supervisor.gatewayProcesses > 1) {
 async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise<void> {
   const gatewayId = randomUUID();
   const keys = new Keys(config.redis.prefix);
-  const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client');
-  const replies = createRedis(config.redis.url, `gateway-replies:${gatewayId}`, 'worker');
+  const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client', log);
+  const replies = createRedis(config.redis.url, `gateway-replies:${gatewayId}`, 'worker', log);
   const preQueue = createQueue(QueueName.pre, redis, keys.prefix);
   const waiter = new ResultWaiter(replies, keys.replies(gatewayId), log);
   waiter.start();

@@ -39,7 +39,7 @@ import {
 import { Admission } from './admission.js';
 import { StoreMonitor } from './store-monitor.js';
 import { ApiKeys } from './auth.js';
-import { registerDashboard } from './dashboard.js';
+import { DASHBOARD_PATH, registerDashboard } from './dashboard.js';
 import { registerDemoPage } from './demo-page.js';
 import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -189,7 +189,12 @@ export async function buildServer(deps: GatewayDeps) {
   const apiKeys = ApiKeys.fromConfig(config.gateway.apiKeys, config.gateway.apiKeysFile);
   // Checked once the body is parsed (api_key may be in it); /healthz, /readyz and /docs stay open.
   const needsKey = { preHandler: apiKeys.guard() };
-  await registerDashboard(app, deps.queues, config.gateway.queueDashboard, apiKeys.guard());
+  await registerDashboard(
+    app,
+    deps.queues,
+    config.gateway.queueDashboard,
+    apiKeys.dashboardGuard(DASHBOARD_PATH),
+  );
   await app.register(multipart, multipartOptions(config.gateway.maxBodyBytes));
   // Text bodies are no request this API takes: 415 rather than a confusing 400.
   app.removeContentTypeParser('text/plain');

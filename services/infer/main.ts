@@ -101,7 +101,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
 
   // Model routes of the gateway: load, unload, clear. Each ends in a republished description,
   // which is what the gateway waits for.
-  const control = createRedis(config.redis.url, `infer-control:${instanceId}`, 'worker');
+  const control = createRedis(config.redis.url, `infer-control:${instanceId}`, 'worker', log);
   await control.subscribe(keys.modelControl());
   control.on('message', (_channel: string, raw: string) => {
     // A message of another shape is nobody's command: logged, and nothing changes.

@@ -81,6 +81,7 @@ async function main(): Promise<void> {
 
   const env = { ...process.env, REDIS_URL: redisUrl, SUPERVISOR_PID: String(process.pid) };
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  redis.on('error', () => {}); // Startup waits through a Redis that comes and goes.
   try {
     await startRole('infer', 1, env, redis, 120_000);
     await Promise.all([

@@ -111,3 +111,30 @@ test('ALLOW_URL_INPUT=false refuses image URLs at the gateway', async () => {
   assert.equal(body.code, 'INVALID_REQUEST');
   assert.match(body.message, /URLs are turned off/);
 });
+
+test('the Bearer scheme is case-insensitive', async () => {
+  for (const scheme of ['bearer', 'BEARER', 'Bearer']) {
+    const res = await call('/models', { headers: { authorization: `${scheme} ${INLINE[0]}` } });
+    assert.equal(res.status, 200, `${scheme}: ${res.text}`);
+  }
+  assert.equal((await call('/models', { headers: { authorization: 'Basic xyz' } })).status, 401);
+});
+
+test('the queue dashboard works in a browser with API keys: static files open, the key kept as a cookie', async () => {
+  assert.equal((await call('/admin/queues')).status, 401);
+  const page = await fetch(`${stack.url}/admin/queues?api_key=${INLINE[0]}`);
+  const html = await page.text();
+  assert.equal(page.status, 200);
+  const cookie = page.headers.get('set-cookie') ?? '';
+  assert.match(cookie, /^sd_api_key=[^;]+; Path=\/admin\/queues; HttpOnly; SameSite=Strict$/);
+  // The page's own scripts and API calls carry no key of their own.
+  const script = /src="([^"]*static[^"]+\.js)"/.exec(html)?.[1];
+  assert.ok(script, 'the page names its script');
+  const scriptPath = script.startsWith('/') ? script : `/admin/queues/${script}`;
+  assert.equal((await call(scriptPath)).status, 200);
+  const withCookie = { headers: { cookie: cookie.split(';')[0]! } };
+  assert.equal((await call('/admin/queues/api/queues', withCookie)).status, 200);
+  assert.equal((await call('/admin/queues/api/queues')).status, 401);
+  const wrong = { headers: { cookie: 'sd_api_key=not-a-key' } };
+  assert.equal((await call('/admin/queues/api/queues', wrong)).status, 401);
+});
