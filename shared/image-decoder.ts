@@ -187,10 +187,14 @@ function checkSize(width: number, height: number, limits: DecodeLimits): void {
   }
 }
 
-function decodeError(err: unknown): PipelineError {
-  const reason = err instanceof Error ? err.message : String(err);
-  return new PipelineError(
-    ErrorCode.IMAGE_DECODE_FAILED,
-    `the image could not be decoded: ${reason}`,
-  );
+/**
+ * IMAGE_DECODE_FAILED for a decoder's error, with the first line of its message only (libvips
+ * writes several lines of its internals).
+ *
+ * @param what what failed, before the reason
+ * @defaultValue what 'the image could not be decoded'
+ */
+export function decodeError(err: unknown, what = 'the image could not be decoded'): PipelineError {
+  const reason = (err instanceof Error ? err.message : String(err)).split('\n')[0]!.trim();
+  return new PipelineError(ErrorCode.IMAGE_DECODE_FAILED, `${what}: ${reason}`);
 }

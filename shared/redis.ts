@@ -17,12 +17,7 @@ export type ConnectionKind = 'worker' | 'client';
  * @param log where connection errors go, one warning when the connection breaks and one line
  *   when it is back (not one per reconnect attempt); without it they are dropped silently
  */
-export function createRedis(
-  url: string,
-  name: string,
-  kind: ConnectionKind,
-  log?: Logger,
-): Redis {
+export function createRedis(url: string, name: string, kind: ConnectionKind, log?: Logger): Redis {
   const options: RedisOptions = {
     connectionName: name,
     lazyConnect: false,

@@ -34,14 +34,17 @@ export function laxBoolean() {
   return z.preprocess(
     toBoolean,
     z.boolean({
-      error: `expected a boolean: true/false, 1/0, yes/no, on/off (any case)`,
+      error: `expected a boolean: ${TRUE_SPELLINGS.join('/')} or ${FALSE_SPELLINGS.join('/')} (any case)`,
     }),
   );
 }
 
+/** A decimal numeral, as Python's float() reads one (no hex, octal or binary). */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
 /** The number a value stands for, or the value itself when it stands for none. */
 function toNumber(value: unknown): unknown {
-  if (typeof value !== 'string' || value.trim() === '') return value;
+  if (typeof value !== 'string' || !DECIMAL.test(value.trim())) return value;
   const n = Number(value.trim());
   return Number.isFinite(n) ? n : value;
 }

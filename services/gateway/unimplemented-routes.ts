@@ -89,7 +89,7 @@ export function registerUnimplementedRoutes(app: FastifyInstance): void {
       onRequest: (req, _reply, done) => {
         const error = new PipelineError(
           ErrorCode.NOT_IMPLEMENTED,
-          `${req.method} ${req.url.split('?')[0]}: Roboflow's ${feature} API is not implemented by this server; it serves object detection (POST /infer/object_detection, POST /{dataset_id}/{version_id}) and the model routes`,
+          `${req.method} ${req.url.split('?')[0]}: ${feature} (a route of Roboflow's API) is not implemented by this server; it serves object detection (POST /infer/object_detection, POST /{dataset_id}/{version_id}) and the model routes`,
         );
         done(error);
       },

@@ -1,6 +1,5 @@
 import type { Prediction } from '../../shared/contracts.js';
-import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { openImage } from '../../shared/image-decoder.js';
+import { decodeError, openImage } from '../../shared/image-decoder.js';
 import { boxColour } from '../../shared/palette.js';
 
 /**
@@ -48,11 +47,7 @@ export async function drawPredictions(
       .jpeg({ quality: 90 })
       .toBuffer();
   } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new PipelineError(
-      ErrorCode.IMAGE_DECODE_FAILED,
-      `the visualization could not be drawn: ${reason}`,
-    );
+    throw decodeError(err, 'the visualization could not be drawn');
   }
 }
 

@@ -1,5 +1,5 @@
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
-import { openImage, type DecodeLimits } from '../../shared/image-decoder.js';
+import { decodeError, openImage, type DecodeLimits } from '../../shared/image-decoder.js';
 import { computeLetterbox, letterboxPadding, type Letterbox } from '../../shared/letterbox.js';
 import type { PadPlacement } from '../../shared/model-layout.js';
 
@@ -60,10 +60,6 @@ export async function letterboxImage(
     return { pixels: data, letterbox };
   } catch (err) {
     if (err instanceof PipelineError) throw err;
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new PipelineError(
-      ErrorCode.IMAGE_DECODE_FAILED,
-      `the image could not be decoded: ${reason}`,
-    );
+    throw decodeError(err);
   }
 }

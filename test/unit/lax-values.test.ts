@@ -23,8 +23,25 @@ test('booleans: every spelling of true and false, in any case, and JSON booleans
   for (const v of ['', 'maybe', 'tru', '2', 2, -1, 0.5, null, [], {}, 'yess']) {
     const r = bool.safeParse(v);
     assert.equal(r.success, false, JSON.stringify(v));
-    assert.match(r.error?.issues[0]?.message ?? '', /true\/false, 1\/0, yes\/no, on\/off/);
+    assert.match(
+      r.error?.issues[0]?.message ?? '',
+      /true\/1\/yes\/on\/t\/y or false\/0\/no\/off\/f\/n \(any case\)/,
+    );
   }
+});
+
+test('numbers: decimal numerals only, as Python reads them', () => {
+  const num = laxNumber(z.number());
+  for (const [text, value] of [
+    ['0.5', 0.5],
+    ['-2', -2],
+    ['1e-3', 0.001],
+    ['.25', 0.25],
+    ['3.', 3],
+  ] as const)
+    assert.equal(num.parse(text), value, text);
+  for (const text of ['0x1', '0b1', '0o7', 'Infinity', 'NaN', '1_000', '1,5'])
+    assert.equal(num.safeParse(text).success, false, text);
 });
 
 test('numbers: JSON numbers and numeric strings; range checks after conversion', () => {
