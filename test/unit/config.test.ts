@@ -79,6 +79,7 @@ describe('configuration', () => {
       connectTimeoutMs: 5000,
       maxRedirects: 3,
       totalTimeoutMs: 10_000,
+      minBytesPerSecond: 4096,
     });
     assert.deepEqual(config.worker, { metricsHost: '127.0.0.1', metricsPort: 0, jobLockMs: 5000 });
     assert.equal(config.post.maxImagePixels, config.pre.maxImagePixels);
