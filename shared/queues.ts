@@ -28,16 +28,29 @@ export const JOB_OPTIONS: JobsOptions = {
 
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
 
+/**
+ * The queue `name` on `connection`, with the pipeline's job options (JOB_OPTIONS).
+ *
+ * @param log where the queue's errors go; connection errors, which the connection's own
+ *   listener reports (createRedis), only at debug level. A queue without an 'error' listener
+ *   would end the process on the first one.
+ */
 export function createQueue<Q extends QueueName>(
   name: Q,
   connection: Redis,
   prefix: string,
+  log?: Logger,
 ): StageQueue<Q> {
-  return new Queue<JobPayloads[Q], void, string>(name, {
+  const queue = new Queue<JobPayloads[Q], void, string>(name, {
     connection,
     prefix,
     defaultJobOptions: JOB_OPTIONS,
   });
+  queue.on('error', (err: Error) => {
+    if (connection.status === 'ready') log?.warn({ err, queue: name }, 'queue error');
+    else log?.debug({ err, queue: name }, 'queue error while Redis is not connected');
+  });
+  return queue;
 }
 
 /** Adds the job for one image; its id is the inference id, so a retried producer cannot duplicate it. */

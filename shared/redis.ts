@@ -35,7 +35,8 @@ export function createRedis(url: string, name: string, kind: ConnectionKind, log
   redis.on('error', (err: Error) => {
     if (broken) return;
     broken = true;
-    log?.warn({ connection: name, err: err.message }, 'Redis connection lost; reconnecting');
+    // The logger's error serializer drops what can carry the password (an AUTH's arguments).
+    log?.warn({ connection: name, err }, 'Redis connection lost; reconnecting');
   });
   redis.on('ready', () => {
     if (!broken) return;

@@ -76,7 +76,7 @@ export function runStage<Q extends QueueName>(
       { queue, concurrency: stage.concurrency, process: stage.process } as ExtraQueue,
       ...(stage.extraQueues ?? []),
     ];
-    const ownQueues = served.map((s) => createQueue(s.queue, client, keys.prefix));
+    const ownQueues = served.map((s) => createQueue(s.queue, client, keys.prefix, log));
     registerQueueGauge(registry, ownQueues);
     const metricsServer = await serveMetrics(
       registry,

@@ -45,7 +45,7 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
   const keys = new Keys(config.redis.prefix);
   const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client', log);
   const replies = createRedis(config.redis.url, `gateway-replies:${gatewayId}`, 'worker', log);
-  const preQueue = createQueue(QueueName.pre, redis, keys.prefix);
+  const preQueue = createQueue(QueueName.pre, redis, keys.prefix, log);
   const waiter = new ResultWaiter(replies, keys.replies(gatewayId), log);
   waiter.start();
   // Redis that restarted empty lost the jobs of the requests waiting here: answer them now.
@@ -64,9 +64,9 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
     (err) => log.debug({ err }, 'reading the Redis run id failed'),
   );
   // The gateway also reports the depth of every queue; the worker roles report only their own.
-  const inferQueue = createQueue(QueueName.infer, redis, keys.prefix);
-  const postQueue = createQueue(QueueName.post, redis, keys.prefix);
-  const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix);
+  const inferQueue = createQueue(QueueName.infer, redis, keys.prefix, log);
+  const postQueue = createQueue(QueueName.post, redis, keys.prefix, log);
+  const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix, log);
   const queues = [fetchQueue, preQueue, inferQueue, postQueue];
   const registry = createRegistry('gateway');
   registerQueueGauge(registry, queues);

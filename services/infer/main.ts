@@ -56,7 +56,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     onLoad: (model) => metrics.loaded(model.description.model_id, model.loadMs / 1000),
   });
   for (const desc of pool.descriptions()) metrics.described(desc);
-  const postQueue = createQueue(QueueName.post, client, keys.prefix);
+  const postQueue = createQueue(QueueName.post, client, keys.prefix, log);
 
   const scheduler = new BatchScheduler<BatchItem, ItemResult>({
     maxDelayMs: config.infer.maxBatchDelayMs,

@@ -24,8 +24,8 @@ sharp.concurrency(1);
 
 runStage(QueueName.pre, ({ config, log, keys, client }) => {
   const models = new ModelDirectory(client, keys, log);
-  const inferQueue = createQueue(QueueName.infer, client, keys.prefix);
-  const preQueue = createQueue(QueueName.pre, client, keys.prefix);
+  const inferQueue = createQueue(QueueName.infer, client, keys.prefix, log);
+  const preQueue = createQueue(QueueName.pre, client, keys.prefix, log);
   return {
     concurrency: config.pre.concurrency,
     process: async (job, log) => {
