@@ -11,6 +11,7 @@ import type { Logger } from './logger.js';
  */
 export const METRIC_PREFIX = 'sd_';
 
+/** A Prometheus registry with Node's default metrics, every series labelled with `role`. */
 export function createRegistry(role: string): Registry {
   const registry = new Registry();
   registry.setDefaultLabels({ role });

@@ -26,6 +26,7 @@ export function modelsPayload(descriptions: readonly ModelDescription[]): string
   return JSON.stringify(descriptions);
 }
 
+/** Reads the served models from the inference heartbeats, cached for `maxAgeMs`. */
 export class ModelDirectory {
   private cache: { at: number; models: Map<string, ModelDescription> } | undefined;
   private loading: Promise<Map<string, ModelDescription>> | undefined;

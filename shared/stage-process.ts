@@ -50,6 +50,12 @@ export type ExtraQueue = {
   };
 }[QueueName];
 
+/**
+ * Runs the worker role of `queue` in this process: config, logger, lifecycle (installed first),
+ * Redis connections, the stage's workers (its own queue and `extraQueues`), heartbeat, metrics
+ * and the ordered stop. `setup` says what the stage does; a failure in it is a one-line startup
+ * error.
+ */
 export function runStage<Q extends QueueName>(
   queue: Q,
   setup: (ctx: StageContext) => StageDefinition<Q> | Promise<StageDefinition<Q>>,

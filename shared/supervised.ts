@@ -31,6 +31,7 @@ export interface SupervisedOptions {
   onStderrLine?: (line: string) => boolean;
 }
 
+/** One supervised process (see above): restarted with backoff, given up on when it keeps crashing. */
 export class Supervised {
   readonly name: string;
   private child: ChildProcess;

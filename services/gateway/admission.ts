@@ -18,6 +18,7 @@ export interface AdmissionLimits {
   memoryHighWater: number;
 }
 
+/** The admission decision of one gateway process (see the module comment above). */
 export class Admission {
   private inflight = 0;
   /** Body bytes admitted since the store was last read, not yet in its used memory. */

@@ -14,6 +14,7 @@ export type KeyGuard = (
   reply: FastifyReply,
 ) => Promise<FastifyReply | undefined>;
 
+/** The configured API keys (SHA-256 digests only) and the guards that check them. */
 export class ApiKeys {
   private readonly digests: Buffer[];
 

@@ -14,6 +14,7 @@ export type DashboardMode = 'off' | 'readonly' | 'full';
 
 export const DASHBOARD_PATH = '/admin/queues';
 
+/** Registers Bull Board at DASHBOARD_PATH over `queues` (nothing when `mode` is `off`). */
 export async function registerDashboard(
   app: FastifyInstance,
   queues: readonly Queue[],

@@ -11,6 +11,7 @@ import { bundleDemoPage } from './demo-bundle.js';
  */
 export const DEMO_BUILT_FILE = 'index.html';
 
+/** Registers the demo page at `/` and its bundled script. */
 export async function registerDemoPage(
   app: FastifyInstance,
   opts: { apiKeyRequired: boolean },

@@ -32,6 +32,11 @@ export interface LegacyRouteDeps {
 /** Content types whose body is the image as base64 text. */
 const BASE64_TYPES = ['application/x-www-form-urlencoded', 'text/plain', 'application/json'];
 
+/**
+ * Registers `POST /{dataset_id}/{version_id}` (Roboflow's hosted API v1): the model id is
+ * `dataset_id/version_id`, options come from the query, the image from the body or `?image=`.
+ * Answers as `detectOne` does, in Roboflow's legacy response formats.
+ */
 export async function registerLegacyRoute(
   app: FastifyInstance,
   deps: LegacyRouteDeps,

@@ -31,6 +31,10 @@ interface PendingWait {
 
 const DRAIN_BATCH = 256;
 
+/**
+ * The gateway's side of the reply list: `wait(id, deadline)` for each image before it is
+ * enqueued, a loop that pops results and settles the waits, a timer per wait for its deadline.
+ */
 export class ResultWaiter {
   private readonly pending = new Map<string, PendingWait>();
   private running: Promise<void> | undefined;

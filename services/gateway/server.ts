@@ -73,6 +73,11 @@ export interface GatewayDeps {
   metrics: GatewayMetrics;
 }
 
+/**
+ * The gateway's fastify app with every route, hook and plugin, not yet listening.
+ *
+ * @returns the app; `close()` drains it (in-flight requests are answered, new ones get 503)
+ */
 export async function buildServer(deps: GatewayDeps) {
   const { config, keys, redis, models } = deps;
   // The inference ids of each request, for its log line.

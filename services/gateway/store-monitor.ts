@@ -26,6 +26,7 @@ export interface StoreState {
   readAt: number;
 }
 
+/** Reads Redis's state in the background for admission and readiness (see above). */
 export class StoreMonitor {
   private state: StoreState = {
     reachable: true,

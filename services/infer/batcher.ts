@@ -54,6 +54,7 @@ interface Lane<I, O> {
   skips: number;
 }
 
+/** The dynamic batching scheduler described above: one lane per model, one run at a time. */
 export class BatchScheduler<I, O> {
   private readonly lanes = new Map<string, Lane<I, O>>();
   private running = false;

@@ -37,6 +37,7 @@ export interface DetectedLayout {
   numClasses: number | undefined;
 }
 
+/** An output that fits no layout, or not the configured one. */
 export class LayoutError extends Error {
   override readonly name = 'LayoutError';
 }
@@ -49,6 +50,11 @@ export function gridCells(inputHeight: number, inputWidth: number): number {
   );
 }
 
+/**
+ * The output layout of a model from its output shape, its metadata and the configured layout.
+ *
+ * @throws LayoutError when the configured layout does not fit the shape, or no layout does
+ */
 export function detectLayout(q: LayoutQuery): DetectedLayout {
   const shape = `[${q.outputShape.join(', ')}]`;
   const declared = q.configured ?? declaredLayout(q.metadata, shape);

@@ -39,6 +39,11 @@ interface Entry {
   lastUsed: number;
 }
 
+/**
+ * The models of the inference process: every listed model opened once at start, at most
+ * `maxActive` kept loaded (least recently used unloaded first, pinned ones never), loads and
+ * unloads never during a model's run.
+ */
 export class ModelPool {
   private readonly entries = new Map<string, Entry>();
   private closed = false;

@@ -56,10 +56,15 @@ export interface BatchOutput {
   timings: RunTimings;
 }
 
+/** A model that cannot be loaded (file, session, layout); a startup error naming the model. */
 export class ModelLoadError extends Error {
   override readonly name = 'ModelLoadError';
 }
 
+/**
+ * One loaded ONNX model: an onnxruntime session on its own worker thread (session.run blocks
+ * its thread), its description, and `run()` for one batch of letterboxed images.
+ */
 export class OnnxModel {
   private nextBatchId = 1;
   private readonly pending = new Map<

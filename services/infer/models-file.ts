@@ -32,6 +32,7 @@ export interface ModelSpec {
   preload: boolean;
 }
 
+/** A MODELS_FILE that cannot be read or does not validate; its message names the entry. */
 export class ModelsFileError extends Error {
   override readonly name = 'ModelsFileError';
 }

@@ -12,6 +12,12 @@ export interface NmsOptions {
   maxDetections: number;
 }
 
+/**
+ * Greedy NMS over `candidates` (model-input pixels, any order).
+ *
+ * @returns the kept candidates, best score first (ties in input order), at most
+ *   `opts.maxDetections`
+ */
 export function nonMaxSuppression(candidates: readonly Candidate[], opts: NmsOptions): Candidate[] {
   const order = candidates
     .map((_, i) => i)

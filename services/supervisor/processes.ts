@@ -74,6 +74,7 @@ export async function freePort(): Promise<number> {
   return address.port;
 }
 
+/** A private redis-server that could not be started (missing binary, exit, no answer). */
 export class RedisServerError extends Error {
   override readonly name = 'RedisServerError';
 }
