@@ -33,7 +33,7 @@ export interface LegacyRouteDeps {
 const BASE64_TYPES = ['application/x-www-form-urlencoded', 'text/plain', 'application/json'];
 
 /**
- * Registers `POST /{dataset_id}/{version_id}` (Roboflow's hosted API v1): the model id is
+ * Registers `POST` (and `GET`) `/{dataset_id}/{version_id}` (Roboflow's hosted API v1): the model id is
  * `dataset_id/version_id`, options come from the query, the image from the body or `?image=`.
  * Answers as `detectOne` does, in Roboflow's legacy response formats.
  */
@@ -49,10 +49,14 @@ export async function registerLegacyRoute(
         done(null, { base64: body }),
       );
     }
-    scope.post(
-      '/:dataset_id/:version_id',
-      { schema: legacySchema, onRequest: deps.admit, preHandler: deps.guard },
-      async (req, reply) => {
+    // GET too, as Roboflow's server takes it: then the image is `?image=<url>`.
+    scope.route({
+      method: ['GET', 'POST'],
+      url: '/:dataset_id/:version_id',
+      schema: legacySchema,
+      onRequest: deps.admit,
+      preHandler: deps.guard,
+      handler: async (req, reply) => {
         const { dataset_id, version_id } = LegacyParams.parse(req.params);
         const body = await readBody(req);
         const { parsed, format } = parseLegacyRequest(
@@ -67,7 +71,7 @@ export async function registerLegacyRoute(
         void reply.header('content-type', 'image/jpeg');
         return Buffer.from(response.visualization, 'base64');
       },
-    );
+    });
     done();
   });
 }

@@ -306,7 +306,10 @@ export async function buildServer(deps: GatewayDeps) {
 
   app.get('/healthz', () => ({ status: 'ok' }));
 
-  app.get('/readyz', async (_req, reply) => {
+  // `/readiness` is Roboflow's name for the same check.
+  app.get('/readiness', (_req, reply) => answerReadiness(reply));
+  app.get('/readyz', (_req, reply) => answerReadiness(reply));
+  const answerReadiness = async (reply: FastifyReply) => {
     const missing = await withTimeout(
       notReadyReasons(redis, keys),
       READY_TIMEOUT_MS,
@@ -319,7 +322,7 @@ export async function buildServer(deps: GatewayDeps) {
         .send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
     }
     return { status: 'ready' };
-  });
+  };
 
   return app;
 }

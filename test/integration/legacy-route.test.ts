@@ -110,6 +110,19 @@ describe('POST /{dataset_id}/{version_id}', () => {
     const fromUrl = await legacy(`/shapes/1?image=${url}`);
     assert.equal(fromUrl.status, 200, fromUrl.bytes.toString());
     assertShapes(fromUrl.json() as DetectionResponse);
+    // GET takes the image URL as Roboflow's server does.
+    const get = await fetch(`${stack.url}/shapes/1?image=${url}`);
+    assert.equal(get.status, 200);
+    assertShapes((await get.json()) as DetectionResponse);
+  });
+
+  test("GET /readiness is Roboflow's name for /readyz", async () => {
+    const [a, b] = await Promise.all([
+      fetch(`${stack.url}/readiness`),
+      fetch(`${stack.url}/readyz`),
+    ]);
+    assert.equal(a.status, b.status);
+    assert.deepEqual(await a.json(), await b.json());
   });
 
   test('format=image answers the drawn JPEG itself', async () => {

@@ -81,7 +81,10 @@ describe('booleans as Roboflow spells them', () => {
     }
     const bad = await detectJson({ class_agnostic_nms: 'maybe' });
     assert.equal(bad.status, 400);
-    assert.match(JSON.stringify(bad.body), /class_agnostic_nms: expected a boolean: true\/false/);
+    assert.match(
+      JSON.stringify(bad.body),
+      /class_agnostic_nms: expected a boolean: true\/1\/yes\/on\/t\/y or false/,
+    );
   });
 
   test('query string of a raw image and of the legacy route (API v0 mode)', async () => {
