@@ -144,9 +144,13 @@ export function createStageWorker<Q extends QueueName>(
         opts.metrics.processing.observe(stage, (Date.now() - started) / 1000);
         opts.metrics.completed.inc(stage);
       } catch (err) {
-        const unrecoverable = err instanceof PipelineError && err.unrecoverable;
-        const final = unrecoverable || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         const error = toErrorBody(err);
+        // A full Redis refuses BullMQ's own scripts too (a retry could not even be scheduled):
+        // the image is answered now, and its data freed, rather than left to its deadline.
+        const unrecoverable =
+          (err instanceof PipelineError && err.unrecoverable) ||
+          error.code === ErrorCode.STORE_FULL;
+        const final = unrecoverable || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         opts.metrics.failed.inc({ ...stage, code: error.code });
         log.warn({ err, code: error.code, attempt: job.attemptsMade + 1, final }, 'job failed');
         if (final) await answerWithError(data, error, log);

@@ -87,6 +87,23 @@ export class ResultWaiter {
    *
    * @returns how many waits were ended
    */
+  /**
+   * Ends every pending wait registered before `before` (epoch ms) with `error`.
+   *
+   * @returns the inference ids of the waits ended
+   */
+  failAll(before: number, error: () => PipelineError): string[] {
+    const ended: string[] = [];
+    for (const [id, w] of this.pending) {
+      if (w.since >= before) continue;
+      clearTimeout(w.timer);
+      this.pending.delete(id);
+      w.reject(error());
+      ended.push(id);
+    }
+    return ended;
+  }
+
   async failLost(before: number, holds: (ids: string[]) => Promise<boolean[]>): Promise<number> {
     const ids = [...this.pending].filter(([, w]) => w.since < before).map(([id]) => id);
     if (ids.length === 0) return 0;

@@ -224,7 +224,29 @@ export async function buildServer(deps: GatewayDeps) {
     },
     () => store.current,
   );
+  // A Redis at its maxmemory refuses every write, BullMQ's own scripts included: the images
+  // waiting in the pipeline cannot move. Once it has stayed full for FULL_SHED_MS, the requests
+  // waiting here are answered STORE_FULL, and their data deleted (DEL is allowed) to make room.
+  let fullSince: number | undefined;
+  const shed = setInterval(() => {
+    const { maxMemory, usedMemory, reachable } = store.current;
+    if (!reachable || maxMemory === 0 || usedMemory < maxMemory) {
+      fullSince = undefined;
+      return;
+    }
+    fullSince ??= Date.now();
+    if (Date.now() - fullSince < FULL_SHED_MS) return;
+    const ids = deps.waiter.failAll(
+      fullSince,
+      () => new PipelineError(ErrorCode.STORE_FULL, 'Redis is out of memory; retry later'),
+    );
+    if (ids.length === 0) return;
+    deps.log.warn({ requests: ids.length }, 'Redis is full: waiting images answered STORE_FULL');
+    redis.del(...ids.flatMap((id) => keys.requestData(id))).catch(() => {});
+  }, 250);
+  shed.unref();
   app.addHook('onClose', (_app, done) => {
+    clearInterval(shed);
     store.close();
     done();
   });
@@ -504,6 +526,8 @@ function codeForStatus(status: number): ErrorCode {
 
 /** Longest wait for a request's headers, whatever REQUEST_BODY_TIMEOUT_MS says. */
 const HEADERS_TIMEOUT_MS = 10_000;
+/** How long Redis must stay at its maxmemory before waiting images are answered STORE_FULL. */
+const FULL_SHED_MS = 1000;
 /** How long /readyz waits for Redis before it answers 503. */
 const READY_TIMEOUT_MS = 1000;
 

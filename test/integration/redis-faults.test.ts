@@ -183,6 +183,39 @@ test('a full Redis (maxmemory, noeviction) is 503 STORE_FULL with Retry-After, n
   await untilServing();
 });
 
+test('Redis that fills up while accepted images wait: they are answered 503 STORE_FULL at once, not 504 at the deadline', async (t) => {
+  await untilServing();
+  const pre = stack.roles.filter((r) => r.role === 'pre' && isRunning(r));
+  for (const r of pre) r.process.kill('SIGSTOP');
+  let continued = false;
+  try {
+    const big = { image: { type: 'base64', value: (await drawNoise(900)).toString('base64') } };
+    const inFlight = Array.from({ length: 3 }, () => timedPost({ ...big, timeout_ms: 8000 }));
+    await sleep(700);
+    // Full now, below what it holds: every write is refused until something is deleted.
+    const used = Number(/^used_memory:(\d+)/m.exec(await redis.client.info('memory'))?.[1]);
+    await redis.client.config('SET', 'maxmemory', String(used - 256 * 1024));
+    const fullAt = Date.now();
+    for (const r of pre) r.process.kill('SIGCONT');
+    continued = true;
+    const answers = await Promise.all(inFlight);
+    for (const a of answers) {
+      assert.equal(a.status, 503, `${a.status} ${a.code}`);
+      assert.equal(a.code, 'STORE_FULL');
+      assert.equal(a.headers.get('retry-after'), '1');
+    }
+    const ms = Date.now() - fullAt;
+    t.diagnostic(
+      `filled mid-pipeline: ${answers.map((a) => `${a.status} ${a.code}`).join(', ')} within ${ms} ms`,
+    );
+    assert.ok(ms < 4000, `answered ${ms} ms after Redis filled up; the deadline was 8000 ms`);
+  } finally {
+    if (!continued) for (const r of pre) r.process.kill('SIGCONT');
+    await redis.client.config('SET', 'maxmemory', '0');
+  }
+  await untilServing();
+});
+
 test('Redis restarted empty: requests in flight are answered 503 at once, none gets 404 for the served model', async (t) => {
   await untilServing();
   // Hold work in flight: no `pre` worker takes it while Redis restarts.
