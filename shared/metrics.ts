@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from './logger.js';
+import { WAITING_STATES } from './queues.js';
 
 /**
  * Prometheus metrics (prom-client). Every process has its own registry with Node's default
@@ -85,11 +86,11 @@ export function registerQueueGauge(
   queues: readonly Queue[],
   maxAgeMs = 2000,
 ): void {
-  const states = ['waiting', 'active', 'delayed', 'failed'] as const;
+  const states = [...WAITING_STATES, 'active', 'failed'] as const;
   let cached: { at: number; counts: Array<Record<string, number>> } | undefined;
   new Gauge({
     name: `${METRIC_PREFIX}queue_jobs`,
-    help: 'Jobs in each queue by state (waiting, active, delayed, failed).',
+    help: 'Jobs in each queue by state (waiting, prioritized, delayed, active, failed).',
     labelNames: ['queue', 'state'],
     registers: [registry],
     async collect() {

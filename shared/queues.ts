@@ -26,6 +26,13 @@ export const JOB_OPTIONS: JobsOptions = {
   removeOnFail: true,
 };
 
+/**
+ * The BullMQ job states of work not yet started: `waiting` (the list `<prefix>:<queue>:wait`),
+ * `prioritized` and `delayed` (sorted sets `<prefix>:<queue>:prioritized`, `…:delayed`; a retry
+ * waits out its backoff in `delayed`). The backlog that admission limits and autoscaling reads.
+ */
+export const WAITING_STATES = ['waiting', 'prioritized', 'delayed'] as const;
+
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
 
 /**

@@ -2,6 +2,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { withTimeout } from '../../shared/deadline.js';
 import type { Logger } from '../../shared/logger.js';
+import { WAITING_STATES } from '../../shared/queues.js';
 
 /**
  * What admission needs to know about Redis, read in the background so no request waits for
@@ -20,7 +21,7 @@ export interface StoreState {
   usedMemory: number;
   /** Redis `maxmemory`, bytes; 0 when Redis has no limit. */
   maxMemory: number;
-  /** Images waiting in the `pre` queue. */
+  /** Images waiting in the `pre` queue, in every state of work not yet started (WAITING_STATES). */
   backlog: number;
   /** Epoch ms of the latest read that answered. */
   readAt: number;
@@ -68,7 +69,10 @@ export class StoreMonitor {
     this.reading = true;
     try {
       const [info, backlog] = await withTimeout(
-        Promise.all([this.redis.info('memory'), this.preQueue.getWaitingCount()]),
+        Promise.all([
+          this.redis.info('memory'),
+          this.preQueue.getJobCountByTypes(...WAITING_STATES),
+        ]),
         READ_TIMEOUT_MS,
         () => new Error(`Redis did not answer within ${READ_TIMEOUT_MS} ms`),
       );
