@@ -60,9 +60,15 @@ function assertAllAnswered(results: Array<{ status: number; body: unknown }>, ex
   }
 }
 
-function recovered(s: Stack, role: Role, pid: number | undefined): number {
-  return logEvents(s, role, 'stalled job put back in the queue').filter((e) => e['pid'] === pid)
-    .length;
+/**
+ * How many stalled jobs the replacement put back, waiting up to 3 × JOB_LOCK_MS for the first:
+ * a job whose worker died just after sending its result is recovered after its answer went out.
+ */
+async function recovered(s: Stack, role: Role, pid: number | undefined): Promise<number> {
+  const count = () =>
+    logEvents(s, role, 'stalled job put back in the queue').filter((e) => e['pid'] === pid).length;
+  for (let i = 0; i < 60 && count() === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  return count();
 }
 
 describe('a process killed under load', () => {
@@ -82,7 +88,7 @@ describe('a process killed under load', () => {
     );
     assertAllAnswered(results, 'bus');
     assert.ok(
-      recovered(s, 'pre', replacement.process.pid) >= 1,
+      (await recovered(s, 'pre', replacement.process.pid)) >= 1,
       'the replacement recovered the lost job',
     );
   });
@@ -99,7 +105,7 @@ describe('a process killed under load', () => {
     );
     assertAllAnswered(results, 'bus');
     assert.ok(
-      recovered(s, 'infer', replacement.process.pid) >= 1,
+      (await recovered(s, 'infer', replacement.process.pid)) >= 1,
       'the replacement recovered the lost jobs',
     );
   });
@@ -124,7 +130,7 @@ describe('a process killed under load', () => {
     );
     assertAllAnswered(results, 'bus');
     assert.ok(
-      recovered(s, 'post', replacement.process.pid) >= 1,
+      (await recovered(s, 'post', replacement.process.pid)) >= 1,
       'the replacement recovered the lost job',
     );
   });
