@@ -9,6 +9,7 @@
 #     official image, and the host's CA bundle (this network's HTTPS goes through a proxy with its
 #     own CA, and `npm ci` in the project's build needs it);
 #   - Redis: Debian's redis-server, run with protected mode off as the official image is built.
+# (The legacy builder's deprecation notice goes to the logs.)
 # Needs root (debootstrap), the Debian mirror and the npm registry; uses the engine at DOCKER_HOST.
 #   usage: test/compose/stand-in-images.sh WORKDIR
 #   env:   MIRROR (Debian mirror, default http://deb.debian.org/debian), NPM_VER (default 10.9.2)
@@ -70,7 +71,7 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx && node -v && npm -v
 CMD ["node"]
 EOF
-docker build -q -t "$NODE_TAG" "$C" > /dev/null
+docker build -q -t "$NODE_TAG" "$C" > /dev/null 2> "$W/build-node.log" || { cat "$W/build-node.log" >&2; exit 1; }
 
 # Redis.
 C="$W/redis-ctx"
@@ -92,6 +93,6 @@ USER redis
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["redis-server"]
 EOF
-docker build -q -t "$REDIS_TAG" "$C" > /dev/null
+docker build -q -t "$REDIS_TAG" "$C" > /dev/null 2> "$W/build-redis.log" || { cat "$W/build-redis.log" >&2; exit 1; }
 docker run --rm "$NODE_TAG" sh -c 'echo "$0: node $(node -v), npm $(npm -v), $(id node)"' "$NODE_TAG"
 docker run --rm "$REDIS_TAG" redis-server --version
