@@ -48,7 +48,10 @@ T0=$(date +%s); TL=$T0
 : > "$W/timings.txt"
 phase() {
   local now; now=$(date +%s)
-  printf '### %-44s %4ss (total %ss)\n' "$1" $((now - TL)) $((now - T0)) | tee -a "$W/timings.txt"
+  local line; line=$(printf '### %-44s %4ss (total %ss)' "$1" $((now - TL)) $((now - T0)))
+  echo "$line"
+  # The work folder is gone by the last phase (the engine's cleanup removes it).
+  if [ -d "$W" ]; then echo "$line" >> "$W/timings.txt"; fi
   TL=$now
 }
 
