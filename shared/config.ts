@@ -23,7 +23,9 @@ const URL_MAX_REDIRECTS = 3;
 /** The environment variables, each with its default and range (see the README's table). */
 export const EnvSchema = z.object({
   /** Redis for every role. Unset under `npm start`: the supervisor starts a private one. */
-  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  REDIS_URL: z
+    .url({ protocol: /^rediss?$/, error: 'a redis:// or rediss:// URL' })
+    .default('redis://127.0.0.1:6379'),
   /** Prefix of every Redis key and BullMQ queue, so several stacks can share one Redis. */
   REDIS_PREFIX: z
     .string()

@@ -176,7 +176,12 @@ export function createStageWorker<Q extends QueueName>(
       maxStalledCount: 2,
     },
   );
-  worker.on('error', (err) => logger.error({ err }, 'worker error'));
+  // While Redis is unreachable every poll fails: the connection's own listener reports the
+  // outage once (createRedis), so these go to debug then.
+  worker.on('error', (err) => {
+    if (opts.connection.status === 'ready') logger.error({ err }, 'worker error');
+    else logger.debug({ err }, 'worker error while Redis is not connected');
+  });
   worker.on('failed', (job, err) => {
     // Jobs failed by the stalled-job check never reached the processor's error path.
     if (!job || !/stalled more than/i.test(err.message)) return;

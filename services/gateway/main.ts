@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
+import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { Keys } from '../../shared/keys.js';
 import {
   closeInOrder,
@@ -89,14 +90,40 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
 
   lifecycle.onStop(() =>
     closeInOrder(log, [
-      // close() stops accepting connections and waits for in-flight requests to answer.
-      ['http', () => app.close()],
+      // close() stops accepting connections and waits for in-flight requests to answer. Those
+      // still waiting a second before the drain timeout are answered 503 NOT_READY, so none is
+      // cut off without an answer when the process is forced to end.
+      [
+        'http',
+        async () => {
+          const cutoff = setTimeout(
+            () =>
+              waiter.failAll(
+                Infinity,
+                () =>
+                  new PipelineError(
+                    ErrorCode.NOT_READY,
+                    'the gateway stopped before this request finished; send it again',
+                  ),
+              ),
+            Math.max(0, config.drainTimeoutMs - DRAIN_CUTOFF_MARGIN_MS),
+          );
+          try {
+            await app.close();
+          } finally {
+            clearTimeout(cutoff);
+          }
+        },
+      ],
       ['waiter', () => waiter.close()],
       ['queues', () => cleanupWithRedis(redis, () => Promise.all(queues.map((q) => q.close())))],
       ['redis', () => closeRedis(redis)],
     ]),
   );
 }
+
+/** How long before the drain timeout the requests still waiting are answered 503. */
+const DRAIN_CUTOFF_MARGIN_MS = 1000;
 
 /** For each inference id, whether Redis still holds a job or data of its image. */
 async function holdsWork(redis: Redis, keys: Keys, ids: string[]): Promise<boolean[]> {

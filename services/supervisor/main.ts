@@ -56,6 +56,11 @@ class StartupError extends Error {
   override readonly name = 'StartupError';
 }
 
+/** The stack was asked to stop while it was starting: no further step runs. */
+class StoppedDuringStartup extends Error {
+  override readonly name = 'StoppedDuringStartup';
+}
+
 let lastStartupLine: string | undefined;
 
 async function main(): Promise<void> {
@@ -103,10 +108,10 @@ async function main(): Promise<void> {
       return false;
     }
   });
+  const models = await servedModels(url, config);
+  if (lifecycle.stopping) throw new StoppedDuringStartup();
   const counts = `gateway×${config.supervisor.gatewayProcesses} pre×${config.supervisor.preProcesses} infer×1 post×${config.supervisor.postProcesses}`;
-  process.stdout.write(
-    `\nstaged-detect is ready at ${url}  models: ${await servedModels(url, config)}  (${counts})\n\n`,
-  );
+  process.stdout.write(`\nstaged-detect is ready at ${url}  models: ${models}  (${counts})\n\n`);
 }
 
 /** The served models for the banner, loaded ones marked; '?' when they cannot be listed. */
@@ -147,6 +152,7 @@ function metricsPort(role: Role, index: number): number {
 }
 
 function startProcesses(role: Role, count: number, env: NodeJS.ProcessEnv): Supervised[] {
+  if (lifecycle.stopping) throw new StoppedDuringStartup();
   const started = Array.from(
     { length: count },
     (_, i) =>
@@ -203,8 +209,8 @@ async function waitFor(
       throw new StartupError(`${what} did not become ready within ${timeoutMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  if (!lifecycle.stopping)
-    throw new StartupError(lastStartupLine ?? `${what} exited during startup (see its log above)`);
+  if (lifecycle.stopping) throw new StoppedDuringStartup();
+  throw new StartupError(lastStartupLine ?? `${what} exited during startup (see its log above)`);
 }
 
 async function checkPortFree(host: string, port: number): Promise<void> {
@@ -251,6 +257,8 @@ async function stopStack(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
+  // A stop asked for during startup: the lifecycle is already stopping what was started.
+  if (err instanceof StoppedDuringStartup) return;
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`startup failed: ${message}\n`);
   lifecycle.stop('startup failed', 1);

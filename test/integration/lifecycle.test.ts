@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
+import { drawImage } from '../helpers/images.js';
 import { suiteRedis } from '../helpers/stack.js';
 
 /**
@@ -81,5 +82,31 @@ test('the gateway cluster primary restarts a killed gateway process and stops th
     for (const pid of pids()) assert.equal(alive(pid), false, `gateway process ${pid} still runs`);
   } finally {
     await stack.stop();
+  }
+});
+
+test('a request still waiting when the drain time runs out is answered 503, not cut off', async () => {
+  const stack = await suite.stack({ env: { DRAIN_TIMEOUT_MS: '2000' } });
+  const pre = stack.roles.filter((r) => r.role === 'pre');
+  for (const r of pre) r.process.kill('SIGSTOP');
+  try {
+    const png = await drawImage(80, 60, [{ colour: 'red', x: 10, y: 10, w: 30, h: 20 }]);
+    const pending = fetch(`${stack.url}/infer/object_detection`, {
+      method: 'POST',
+      headers: { 'content-type': 'image/png' },
+      body: png,
+    }).then(async (res) => ({ status: res.status, body: (await res.json()) as { code?: string } }));
+    await sleep(300);
+    const gateway = stack.roles.find((r) => r.role === 'gateway')!;
+    const stoppedAt = Date.now();
+    gateway.process.kill('SIGTERM');
+    const answer = await pending;
+    assert.equal(answer.status, 503);
+    assert.equal(answer.body.code, 'NOT_READY');
+    const ms = Date.now() - stoppedAt;
+    assert.ok(ms >= 900 && ms < 2000, `answered ${ms} ms after SIGTERM (drain 2000 ms)`);
+    await once(gateway.process, 'exit');
+  } finally {
+    for (const r of pre) r.process.kill('SIGCONT');
   }
 });

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
@@ -194,6 +196,39 @@ describe('npm start, stopped and broken from outside', () => {
       run.child.kill('SIGKILL');
       killAll(pids);
       redis.process.kill('SIGKILL');
+    }
+  });
+
+  test('SIGTERM while the model still loads stops the start: no later role starts, no banner', async () => {
+    // A model download that never finishes keeps the stack in its startup.
+    const trickler = createServer((_req, res) => {
+      res.writeHead(200, { 'content-length': '10000000' });
+      const timer = setInterval(() => res.write('x'), 200);
+      res.once('close', () => clearInterval(timer));
+    });
+    trickler.listen(0, '127.0.0.1');
+    await once(trickler, 'listening');
+    const modelUrl = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/m.onnx`;
+    const run = npmStart({ PORT: String(await freePort()), MODEL_URL: modelUrl });
+    try {
+      await until('the private Redis', 30_000, () =>
+        events(run).some((e) => e['msg'] === 'private redis-server started'),
+      );
+      // The inference process is now downloading its model, which never finishes.
+      await sleep(2000);
+      run.child.kill('SIGTERM');
+      await once(run.child, 'exit');
+      await sleep(1500);
+      assert.ok(!run.lines.some((l) => l.includes('is ready at')), 'a ready banner was printed');
+      const roles = new Set(events(run).map((e) => e['role']));
+      for (const role of ['pre', 'post', 'gateway'])
+        assert.ok(!roles.has(role), `${role} was started after the stop: ${[...roles].join()}`);
+      const pids = events(run).map((e) => e['pid'] as number);
+      for (const pid of new Set(pids)) assert.equal(alive(pid), false, `process ${pid} still runs`);
+    } finally {
+      run.child.kill('SIGKILL');
+      trickler.closeAllConnections();
+      trickler.close();
     }
   });
 

@@ -64,6 +64,16 @@ describe('configuration', () => {
     );
   });
 
+  test('REDIS_URL is a redis:// or rediss:// URL', () => {
+    for (const url of ['redis://127.0.0.1:6379', 'rediss://user:pw@redis.internal:6380/2'])
+      assert.equal(loadConfig({ REDIS_URL: url }).redis.url, url);
+    for (const url of ['ftp://x', 'http://redis:6379', '127.0.0.1:6379'])
+      assert.throws(
+        () => loadConfig({ REDIS_URL: url }),
+        /REDIS_URL: a redis:\/\/ or rediss:\/\/ URL/,
+      );
+  });
+
   test('an empty value is unset; MODEL_PINNED defaults to false', () => {
     const config = loadConfig({ PORT: '', MODEL_PINNED: '' });
     assert.equal(config.gateway.port, 9001);
