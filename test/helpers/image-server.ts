@@ -51,3 +51,30 @@ export function suiteImageServer(): ImageServer {
   });
   return handle;
 }
+
+/** A loopback server whose every answer is a download that never finishes. */
+export interface EndlessDownload {
+  /** `http://127.0.0.1:<port>/model.onnx` */
+  url: string;
+  close(): void;
+}
+
+/**
+ * Starts a loopback server that answers every request with 200, a declared 10 MB and then one
+ * byte every 200 ms: a model (or image) download that keeps its caller waiting.
+ */
+export async function startEndlessDownload(): Promise<EndlessDownload> {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': '10000000' });
+    const timer = setInterval(() => res.write('x'), 200);
+    res.once('close', () => clearInterval(timer));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/model.onnx`,
+    close() {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
+import { startEndlessDownload, type EndlessDownload } from '../helpers/image-server.js';
 import { drawImage } from '../helpers/images.js';
 import { suiteRedis } from '../helpers/stack.js';
 
@@ -13,9 +12,8 @@ import { suiteRedis } from '../helpers/stack.js';
  * restarts its processes with the supervisor's backoff.
  */
 const suite = suiteRedis();
-let trickler: Server | undefined;
+let trickler: EndlessDownload | undefined;
 after(() => {
-  trickler?.closeAllConnections();
   trickler?.close();
 });
 
@@ -30,14 +28,8 @@ function alive(pid: number): boolean {
 
 test('SIGTERM while the inference process is still loading its model ends it at once, by that signal', async () => {
   // A model download that never finishes keeps the inference process in its startup.
-  trickler = createServer((_req, res) => {
-    res.writeHead(200, { 'content-length': '10000000' });
-    const timer = setInterval(() => res.write('x'), 200);
-    res.once('close', () => clearInterval(timer));
-  });
-  trickler.listen(0, '127.0.0.1');
-  await once(trickler, 'listening');
-  const url = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/model.onnx`;
+  trickler = await startEndlessDownload();
+  const url = trickler.url;
   const stack = await suite.stack({
     roles: ['infer'],
     waitReady: false,

@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
@@ -10,6 +8,7 @@ import { Redis } from 'ioredis';
 import { freePort, startRedisServer } from '../../services/supervisor/processes.js';
 import { Supervised } from '../../shared/supervised.js';
 import { createLogger } from '../../shared/logger.js';
+import { startEndlessDownload } from '../helpers/image-server.js';
 import { drawImage } from '../helpers/images.js';
 
 /**
@@ -201,15 +200,8 @@ describe('npm start, stopped and broken from outside', () => {
 
   test('SIGTERM while the model still loads stops the start: no later role starts, no banner', async () => {
     // A model download that never finishes keeps the stack in its startup.
-    const trickler = createServer((_req, res) => {
-      res.writeHead(200, { 'content-length': '10000000' });
-      const timer = setInterval(() => res.write('x'), 200);
-      res.once('close', () => clearInterval(timer));
-    });
-    trickler.listen(0, '127.0.0.1');
-    await once(trickler, 'listening');
-    const modelUrl = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/m.onnx`;
-    const run = npmStart({ PORT: String(await freePort()), MODEL_URL: modelUrl });
+    const trickler = await startEndlessDownload();
+    const run = npmStart({ PORT: String(await freePort()), MODEL_URL: trickler.url });
     try {
       await until('the private Redis', 30_000, () =>
         events(run).some((e) => e['msg'] === 'private redis-server started'),
@@ -227,7 +219,6 @@ describe('npm start, stopped and broken from outside', () => {
       for (const pid of new Set(pids)) assert.equal(alive(pid), false, `process ${pid} still runs`);
     } finally {
       run.child.kill('SIGKILL');
-      trickler.closeAllConnections();
       trickler.close();
     }
   });
