@@ -1,6 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { STATUS_CODES } from 'node:http';
-import type { Duplex } from 'node:stream';
 import multipart from '@fastify/multipart';
 import Fastify, {
   LogController,
@@ -21,7 +19,6 @@ import {
   PipelineError,
   RETRY_AFTER_SECONDS,
   RETRY_LATER,
-  toErrorBody,
   type ErrorBody,
 } from '../../shared/errors.js';
 import { listAlive } from '../../shared/heartbeat.js';
@@ -50,6 +47,7 @@ import type { ImageResult, ResultWaiter } from './result-waiter.js';
 import { registerServerInfo } from './server-info.js';
 import { serverTiming } from './server-timing.js';
 import { registerUnimplementedRoutes } from './unimplemented-routes.js';
+import { apiErrorBody, clientError, toHttpError } from './error-responses.js';
 
 /**
  * The gateway's HTTP API (Roboflow-compatible): it validates requests, stores uploaded image
@@ -166,7 +164,6 @@ export async function buildServer(deps: GatewayDeps) {
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const body = toHttpError(err);
     metrics.errors.inc({ code: body.code });
-    if (RETRY_LATER.has(body.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
     const status = HTTP_STATUS[body.code];
     if (status >= 500 && !RETRY_LATER.has(body.code)) req.log.error({ err }, 'request failed');
     else if (status >= 500)
@@ -174,14 +171,17 @@ export async function buildServer(deps: GatewayDeps) {
     void reply.status(status).send(body);
   });
   // Every error a client receives is {code, message} with its documented status, whatever
-  // produced it (a plugin with an error handler of its own, fastify itself).
+  // produced it (a plugin with an error handler of its own, fastify itself), and the codes that
+  // mean "come back later" carry Retry-After: the one place both are decided.
   app.addHook('onSend', (_req, reply, payload, done) => {
     if (reply.statusCode < 400) return done(null, payload);
-    const body = apiErrorBody(reply.statusCode, payload);
-    if (body === undefined) return done(null, payload);
+    const shaped = apiErrorBody(reply.statusCode, payload);
+    if (shaped === undefined) return done(null, payload);
+    if (RETRY_LATER.has(shaped.body.code))
+      void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
+    if (!shaped.rewritten) return done(null, payload);
     void reply.header('content-type', 'application/json; charset=utf-8');
-    if (RETRY_LATER.has(body.code)) void reply.header('retry-after', String(RETRY_AFTER_SECONDS));
-    done(null, JSON.stringify(body));
+    done(null, JSON.stringify(shaped.body));
   });
   // The route schemas are generated from the zod schemas that define each shape and only
   // document the API (openapi.ts): requests are parsed by those zod schemas themselves
@@ -340,7 +340,6 @@ export async function buildServer(deps: GatewayDeps) {
     if (missing.length > 0) {
       return reply
         .status(503)
-        .header('retry-after', String(RETRY_AFTER_SECONDS))
         .send({ code: ErrorCode.NOT_READY, message: `not ready: ${missing.join('; ')}` });
     }
     return { status: 'ready' };
@@ -467,97 +466,9 @@ async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {
   return reasons;
 }
 
-/** Maps any error to the JSON error body; fastify's own 4xx errors keep their meaning. */
-function toHttpError(err: FastifyError): ErrorBody {
-  if (err instanceof PipelineError) return { code: err.code, message: err.message };
-  const status = err.statusCode ?? 500;
-  if (status === 413) return { code: ErrorCode.PAYLOAD_TOO_LARGE, message: err.message };
-  if (status === 415) return { code: ErrorCode.UNSUPPORTED_MEDIA_TYPE, message: err.message };
-  if (status === 408) return { code: ErrorCode.REQUEST_TIMEOUT, message: err.message };
-  if (status >= 400 && status < 500)
-    return { code: ErrorCode.INVALID_REQUEST, message: err.message };
-  const body = toErrorBody(err);
-  // Unknown failures keep their details in the log, not in the answer.
-  return body.code === ErrorCode.INTERNAL ? { ...body, message: 'internal error' } : body;
-}
-
-/**
- * The API's error body for an error response of another shape (undefined when it has the
- * API's shape already): its code from the status, its message kept when it has one.
- *
- * @param payload what was about to be sent (string, Buffer or stream; streams are kept)
- */
-export function apiErrorBody(status: number, payload: unknown): ErrorBody | undefined {
-  if (typeof payload !== 'string' && !Buffer.isBuffer(payload)) return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(payload.toString());
-  } catch {
-    parsed = undefined;
-  }
-  const fields = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<
-    string,
-    unknown
-  >;
-  const { code, message } = fields;
-  if (typeof code === 'string' && code in ErrorCode && typeof message === 'string')
-    return undefined;
-  return {
-    code: codeForStatus(status),
-    message: typeof message === 'string' ? message : (STATUS_CODES[status] ?? 'error'),
-  };
-}
-
-/** The API's error code for an HTTP status that came without one. */
-function codeForStatus(status: number): ErrorCode {
-  const byStatus: Record<number, ErrorCode> = {
-    401: ErrorCode.UNAUTHORIZED,
-    404: ErrorCode.NOT_FOUND,
-    408: ErrorCode.REQUEST_TIMEOUT,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    429: ErrorCode.OVERLOADED,
-    501: ErrorCode.NOT_IMPLEMENTED,
-    503: ErrorCode.NOT_READY,
-    504: ErrorCode.DEADLINE_EXCEEDED,
-  };
-  return byStatus[status] ?? (status < 500 ? ErrorCode.INVALID_REQUEST : ErrorCode.INTERNAL);
-}
-
 /** Longest wait for a request's headers, whatever REQUEST_BODY_TIMEOUT_MS says. */
 const HEADERS_TIMEOUT_MS = 10_000;
 /** How long Redis must stay at its maxmemory before waiting images are answered STORE_FULL. */
 const FULL_SHED_MS = 1000;
 /** How long /readyz waits for Redis before it answers 503. */
 const READY_TIMEOUT_MS = 1000;
-
-/**
- * Errors Node's HTTP parser raises before fastify has a request (timeouts of headers or body,
- * malformed HTTP): answered in this API's shape, then the connection is closed.
- */
-function clientError(this: { log: FastifyBaseLogger }, err: NodeJS.ErrnoException, socket: Duplex) {
-  if (err.code === 'ECONNRESET' || socket.destroyed) return;
-  const [status, body]: [number, ErrorBody] =
-    err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-      ? [
-          408,
-          {
-            code: ErrorCode.REQUEST_TIMEOUT,
-            message: 'the request did not arrive completely in time; send it again',
-          },
-        ]
-      : err.code === 'HPE_HEADER_OVERFLOW'
-        ? [431, { code: ErrorCode.INVALID_REQUEST, message: 'the request headers are too large' }]
-        : [400, { code: ErrorCode.INVALID_REQUEST, message: 'malformed HTTP request' }];
-  this.log.debug({ err: err.message, status }, 'client error');
-  // A response already under way for this socket cannot be replaced; otherwise answer.
-  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
-  if (socket.writable && !inFlight?.headersSent) {
-    const json = JSON.stringify(body);
-    socket.write(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`,
-    );
-  }
-  socket.destroy();
-}

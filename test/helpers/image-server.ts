@@ -56,6 +56,8 @@ export function suiteImageServer(): ImageServer {
 export interface EndlessDownload {
   /** `http://127.0.0.1:<port>/model.onnx` */
   url: string;
+  /** Requests received so far: the download has started once this is 1. */
+  readonly requests: number;
   close(): void;
 }
 
@@ -64,7 +66,9 @@ export interface EndlessDownload {
  * byte every 200 ms: a model (or image) download that keeps its caller waiting.
  */
 export async function startEndlessDownload(): Promise<EndlessDownload> {
+  let requests = 0;
   const server = createServer((_req, res) => {
+    requests++;
     res.writeHead(200, { 'content-length': '10000000' });
     const timer = setInterval(() => res.write('x'), 200);
     res.once('close', () => clearInterval(timer));
@@ -72,6 +76,9 @@ export async function startEndlessDownload(): Promise<EndlessDownload> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/model.onnx`,
+    get requests() {
+      return requests;
+    },
     close() {
       server.closeAllConnections();
       server.close();

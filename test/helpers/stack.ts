@@ -60,6 +60,16 @@ export interface RunningRole {
   output: string[];
 }
 
+/** Whether a process with this pid exists (signal 0 checks without sending anything). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a role's process is still running (it ends with an exit code or by a signal). */
 export function isRunning(r: RunningRole): boolean {
   return r.process.exitCode === null && r.process.signalCode === null;

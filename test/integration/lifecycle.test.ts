@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
 import { startEndlessDownload, type EndlessDownload } from '../helpers/image-server.js';
 import { drawImage } from '../helpers/images.js';
-import { suiteRedis } from '../helpers/stack.js';
+import { isAlive, suiteRedis } from '../helpers/stack.js';
 
 /**
  * One lifecycle for every process (shared/lifecycle.ts): a signal during a long startup is
@@ -17,15 +17,6 @@ after(() => {
   trickler?.close();
 });
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 test('SIGTERM while the inference process is still loading its model ends it at once, by that signal', async () => {
   // A model download that never finishes keeps the inference process in its startup.
   trickler = await startEndlessDownload();
@@ -37,7 +28,9 @@ test('SIGTERM while the inference process is still loading its model ends it at 
   });
   const infer = stack.roles[0]!;
   try {
-    await sleep(1500);
+    // Signalled once the download has started: the process is in its startup, past its start.
+    for (let i = 0; trickler.requests === 0 && i < 300; i++) await sleep(100);
+    assert.equal(trickler.requests, 1, infer.output.join('\n'));
     assert.equal(infer.process.exitCode, null, infer.output.join('\n'));
     const sentAt = Date.now();
     infer.process.kill('SIGTERM');
@@ -71,7 +64,8 @@ test('the gateway cluster primary restarts a killed gateway process and stops th
     primary.process.kill('SIGTERM');
     await once(primary.process, 'exit');
     assert.equal(primary.process.signalCode, 'SIGTERM');
-    for (const pid of pids()) assert.equal(alive(pid), false, `gateway process ${pid} still runs`);
+    for (const pid of pids())
+      assert.equal(isAlive(pid), false, `gateway process ${pid} still runs`);
   } finally {
     await stack.stop();
   }

@@ -10,6 +10,7 @@ import { Supervised } from '../../shared/supervised.js';
 import { createLogger } from '../../shared/logger.js';
 import { startEndlessDownload } from '../helpers/image-server.js';
 import { drawImage } from '../helpers/images.js';
+import { isAlive } from '../helpers/stack.js';
 
 /**
  * `npm start` as a user runs it, through npm and its shell: SIGTERM to npm stops the whole
@@ -64,15 +65,6 @@ async function until(what: string, timeoutMs: number, check: () => boolean | Pro
     await sleep(100);
   }
   throw new Error(`timed out waiting for ${what}`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Every process of the stack: supervisor, roles and redis-server. */
@@ -148,7 +140,7 @@ describe('npm start, stopped and broken from outside', () => {
 
       const stopAt = Date.now();
       run.child.kill('SIGTERM');
-      await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
+      await until('every process gone', 30_000, () => pids.every((p) => !isAlive(p)));
       process.stdout.write(`# npm start stopped ${Date.now() - stopAt} ms after SIGTERM to npm\n`);
       assert.ok(
         events(run).some((e) => e['role'] === 'supervisor' && e['msg'] === 'shutting down'),
@@ -168,7 +160,7 @@ describe('npm start, stopped and broken from outside', () => {
       pids = (await started(run, port)).pids;
       run.child.kill('SIGKILL');
       await once(run.child, 'exit');
-      await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
+      await until('every process gone', 30_000, () => pids.every((p) => !isAlive(p)));
     } finally {
       killAll(pids);
     }
@@ -186,7 +178,7 @@ describe('npm start, stopped and broken from outside', () => {
       await sleep(1000);
       const stopAt = Date.now();
       run.child.kill('SIGTERM');
-      await until('every process gone', 30_000, () => pids.every((p) => !alive(p)));
+      await until('every process gone', 30_000, () => pids.every((p) => !isAlive(p)));
       const ms = Date.now() - stopAt;
       t.diagnostic(`stopped ${ms} ms after SIGTERM with Redis gone (DRAIN_TIMEOUT_MS 5000)`);
       // Before: each phase waited for its processes' own drain timeout (about 3 × 5 s).
@@ -206,8 +198,8 @@ describe('npm start, stopped and broken from outside', () => {
       await until('the private Redis', 30_000, () =>
         events(run).some((e) => e['msg'] === 'private redis-server started'),
       );
-      // The inference process is now downloading its model, which never finishes.
-      await sleep(2000);
+      // Stopped once the inference process is downloading its model, which never finishes.
+      await until('the model download', 30_000, () => trickler.requests > 0);
       run.child.kill('SIGTERM');
       await once(run.child, 'exit');
       await sleep(1500);
@@ -216,7 +208,8 @@ describe('npm start, stopped and broken from outside', () => {
       for (const role of ['pre', 'post', 'gateway'])
         assert.ok(!roles.has(role), `${role} was started after the stop: ${[...roles].join()}`);
       const pids = events(run).map((e) => e['pid'] as number);
-      for (const pid of new Set(pids)) assert.equal(alive(pid), false, `process ${pid} still runs`);
+      for (const pid of new Set(pids))
+        assert.equal(isAlive(pid), false, `process ${pid} still runs`);
     } finally {
       run.child.kill('SIGKILL');
       trickler.close();
