@@ -1,5 +1,3 @@
-import { readFileSync } from 'node:fs';
-import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { BatchScheduler } from '../services/infer/batcher.js';
 import { detectionParams, loadInlineDetector } from './inline-detector.js';
@@ -10,8 +8,9 @@ import { loadImages, workload, type WorkloadName } from './workloads.js';
 /**
  * The in-process limit: the same work as the pipeline per image (sharp letterbox → onnxruntime
  * in dynamic batches → NMS and the response), in one process with no HTTP and no Redis, with
- * `inflight` images in progress at once. Also the model alone: session.run throughput per batch
- * size on already letterboxed input.
+ * `inflight` images in progress at once. It uses the project's own stage functions
+ * (inline-detector.ts), so it moves with the pipeline's code: the ceiling of the same work
+ * without the orchestration (with the null model, the orchestration ceiling's denominator).
  *
  * Usage: tsx bench/limit.ts <workload> <seconds per level> <inflight,...> <maxBatch> <warm-up s>
  * Progress on stderr; one JSON object on stdout.
@@ -26,19 +25,8 @@ export interface LimitLevel {
   meanBatchSize: number;
 }
 
-export interface ModelAlone {
-  /** 'default' is what the inference process uses; the others are alternatives. */
-  sessionOptions: string;
-  batchSize: number;
-  /** CPU time of the whole process (every onnxruntime thread) per image. */
-  cpuMsPerImage: number;
-  imagesPerSecond: number;
-  msPerBatch: number;
-}
-
 export interface LimitResult {
   levels: LimitLevel[];
-  modelAlone: ModelAlone[];
   rssAtRestMiB: number;
 }
 
@@ -131,7 +119,7 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-const result: LimitResult = { levels: [], modelAlone: [], rssAtRestMiB };
+const result: LimitResult = { levels: [], rssAtRestMiB };
 for (const inflight of levels) {
   process.stderr.write(`  limit ${wl.name}: ${inflight} in flight, ${seconds} s …\n`);
   const m = await drive(inflight, warmupSeconds * 1000, seconds * 1000);
@@ -146,61 +134,9 @@ for (const inflight of levels) {
 }
 batcher.close();
 
-// The model alone: session.run on a float32 batch made once, per batch size, with the session
-// options the inference process uses (onnxruntime's defaults and graph optimisation 'all'),
-// then with other thread settings at batch 1 and the largest batch.
-const modelBytes = wl.modelPath
-  ? new Uint8Array(readFileSync(wl.modelPath))
-  : await tinyModelBytes();
-const { input_width: w, input_height: h } = detector.model.description;
-const VARIANTS: Record<string, ort.InferenceSession.SessionOptions> = {
-  default: {},
-  'intraOpNumThreads=1': { intraOpNumThreads: 1 },
-  'allow_spinning=0': { extra: { session: { intra_op: { allow_spinning: '0' } } } },
-};
-for (const [variant, extra] of Object.entries(VARIANTS)) {
-  const session = await ort.InferenceSession.create(modelBytes, {
-    executionProviders: ['cpu'],
-    graphOptimizationLevel: 'all',
-    ...extra,
-  });
-  for (let b = 1; b <= maxBatch; b *= 2) {
-    if (variant !== 'default' && b !== 1 && b !== maxBatch) continue;
-    const data = new Float32Array(b * 3 * h * w).fill(0.45);
-    const tensor = new ort.Tensor('float32', data, [b, 3, h, w]);
-    await session.run({ [session.inputNames[0]!]: tensor });
-    let runs = 0;
-    const cpu0 = process.cpuUsage();
-    const t0 = performance.now();
-    const until = t0 + Math.max(1000, (seconds * 1000) / 4);
-    while (performance.now() < until) {
-      await session.run({ [session.inputNames[0]!]: tensor });
-      runs++;
-    }
-    const ms = (performance.now() - t0) / runs;
-    const cpu = process.cpuUsage(cpu0);
-    const entry: ModelAlone = {
-      sessionOptions: variant,
-      batchSize: b,
-      imagesPerSecond: round((b * 1000) / ms, 1),
-      msPerBatch: round(ms),
-      cpuMsPerImage: round((cpu.user + cpu.system) / 1000 / (runs * b)),
-    };
-    result.modelAlone.push(entry);
-    process.stderr.write(
-      `  model alone ${wl.name} (${variant}): batch ${b}: ${entry.imagesPerSecond} images/s, ${entry.cpuMsPerImage} CPU ms/image\n`,
-    );
-  }
-  await session.release();
-}
 await detector.close();
 process.stdout.write(`${JSON.stringify(result)}\n`);
 process.exit(0);
-
-async function tinyModelBytes(): Promise<Uint8Array> {
-  const { buildTinyDetector } = await import('../services/infer/tiny-model/tiny-model.js');
-  return buildTinyDetector();
-}
 
 function roundAll(s: LatencySummary): LatencySummary {
   return { p50: round(s.p50), p90: round(s.p90), p99: round(s.p99), mean: round(s.mean) };

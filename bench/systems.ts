@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
+import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { freePort, startRedisServer, stopProcess } from '../services/supervisor/processes.js';
+import { freePort, stopProcess } from '../services/supervisor/processes.js';
 import { commandLine, descendants } from './proc-stats.js';
 import type { Workload } from './workloads.js';
 
@@ -18,22 +19,29 @@ export interface SystemUnderTest {
   metricsUrls: string[];
   /** Redis of the pipeline, for INFO stats. */
   redis: Redis | undefined;
+  /** URL of the pipeline's Redis (MONITOR opens its own connection). */
+  redisUrl: string | undefined;
   stop(): Promise<void>;
 }
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const TSX = ['--import', import.meta.resolve('tsx')];
+/** This checkout, whose bench is running. */
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-/** Spawns a TypeScript entry point and resolves once its stdout has a line matching `ready`. */
+/**
+ * Spawns a TypeScript entry point of the checkout at `cwd` (with that checkout's tsx, which
+ * `--import` resolves from the working directory) and resolves once its stdout has a line
+ * matching `ready`.
+ */
 async function spawnUntil(
   entry: string,
   args: string[],
   env: NodeJS.ProcessEnv,
   ready: RegExp,
   timeoutMs: number,
+  cwd = ROOT,
 ): Promise<{ child: ChildProcess; match: RegExpExecArray }> {
-  const child = spawn(process.execPath, [...TSX, entry, ...args], {
-    cwd: ROOT,
+  const child = spawn(process.execPath, ['--import', 'tsx', entry, ...args], {
+    cwd,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -91,60 +99,73 @@ export async function startStandard(
     processes: new Map([['standard', child.pid!]]),
     metricsUrls: [],
     redis: undefined,
+    redisUrl: undefined,
     stop: () => stopProcess(child),
   };
 }
 
 export interface PipelineOptions {
-  preProcesses: number;
-  postProcesses: number;
+  /** Checkout to run `services/supervisor/main.ts` from (it needs its own node_modules). */
+  root: string;
+  /** `NUM_PRE_WORKERS`; undefined leaves the supervisor's default. */
+  preProcesses?: number | undefined;
+  /** `NUM_POST_WORKERS`; undefined leaves the supervisor's default. */
+  postProcesses?: number | undefined;
   /** Extra environment for every role (e.g. MAX_BATCH_SIZE, NODE_OPTIONS for profiles). */
   env: Record<string, string>;
 }
 
+/**
+ * The pipeline as `npm start` runs it from `opts.root`: the supervisor with its defaults, which
+ * starts its private redis-server and every role. Only the ports are chosen here (the gateway's
+ * and the first of the workers' metrics ports), and what the caller passes. Its processes are
+ * found among the supervisor's descendants by their command lines.
+ */
 export async function startPipeline(wl: Workload, opts: PipelineOptions): Promise<SystemUnderTest> {
-  const redisServer = await startRedisServer();
   const port = await freePort();
-  // The supervisor gives the roles consecutive metrics ports from this one.
-  const metricsBase = await freePortRange(2 + opts.preProcesses + opts.postProcesses);
-  const env: NodeJS.ProcessEnv = {
-    ...modelEnv(wl),
-    REDIS_URL: redisServer.url,
-    HOST: '127.0.0.1',
-    PORT: String(port),
-    METRICS_PORT: String(metricsBase),
-    NUM_PRE_WORKERS: String(opts.preProcesses),
-    NUM_POST_WORKERS: String(opts.postProcesses),
-    LOG_LEVEL: 'warn',
-    ...opts.env,
-  };
-  let supervisor: ChildProcess;
-  try {
-    ({ child: supervisor } = await spawnUntil(
-      'services/supervisor/main.ts',
-      [],
-      env,
-      /is ready at/,
-      180_000,
-    ));
-  } catch (err) {
-    await stopProcess(redisServer.process);
-    throw err;
-  }
-  const processes = new Map<string, number>([
-    ['supervisor', supervisor.pid!],
-    ['redis', redisServer.process.pid!],
-  ]);
+  const env: NodeJS.ProcessEnv = { ...modelEnv(wl), HOST: '127.0.0.1', PORT: String(port) };
+  if (opts.preProcesses !== undefined) env['NUM_PRE_WORKERS'] = String(opts.preProcesses);
+  if (opts.postProcesses !== undefined) env['NUM_POST_WORKERS'] = String(opts.postProcesses);
+  Object.assign(env, opts.env);
+  // The supervisor gives the workers consecutive metrics ports from METRICS_PORT: keep room
+  // for as many as it may start (its defaults are below one per core each).
+  const most = (v: string | undefined) => (v ? Number(v) : cpus().length);
+  const metricsBase = await freePortRange(
+    1 + most(env['NUM_PRE_WORKERS']) + most(env['NUM_POST_WORKERS']),
+  );
+  env['METRICS_PORT'] = String(metricsBase);
+  const { child: supervisor } = await spawnUntil(
+    'services/supervisor/main.ts',
+    [],
+    env,
+    /is ready at/,
+    180_000,
+    opts.root,
+  );
+  const processes = new Map<string, number>([['supervisor', supervisor.pid!]]);
   const counts = new Map<string, number>();
+  let redisUrl = env['REDIS_URL'];
   for (const pid of descendants(supervisor.pid!).sort((a, b) => a - b)) {
-    const role = /services\/(gateway|pre|infer|post)\/main/.exec(commandLine(pid))?.[1];
+    const cmd = commandLine(pid);
+    if (/redis-server/.test(cmd)) {
+      processes.set('redis', pid);
+      // redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
+      const redisPort = /--port (\d+)/.exec(cmd)?.[1] ?? /:(\d+)/.exec(cmd)?.[1];
+      if (redisPort && !redisUrl) redisUrl = `redis://127.0.0.1:${redisPort}`;
+      continue;
+    }
+    const role = /services\/(gateway|pre|infer|post)\/main/.exec(cmd)?.[1];
     if (!role) continue;
     const n = (counts.get(role) ?? 0) + 1;
     counts.set(role, n);
     processes.set(role === 'infer' || role === 'gateway' ? role : `${role}#${n}`, pid);
   }
-  const workers = 1 + opts.preProcesses + opts.postProcesses;
-  const redis = new Redis(redisServer.url, { maxRetriesPerRequest: 1 });
+  if (!redisUrl) {
+    await stopProcess(supervisor, 30_000);
+    throw new Error("the pipeline's redis-server was not found among the supervisor's processes");
+  }
+  const workers = (counts.get('infer') ?? 0) + (counts.get('pre') ?? 0) + (counts.get('post') ?? 0);
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
   return {
     url: `http://127.0.0.1:${port}`,
     processes,
@@ -153,10 +174,10 @@ export async function startPipeline(wl: Workload, opts: PipelineOptions): Promis
       ...Array.from({ length: workers }, (_, i) => `http://127.0.0.1:${metricsBase + i}/metrics`),
     ],
     redis,
+    redisUrl,
     stop: async () => {
       redis.disconnect();
       await stopProcess(supervisor, 30_000);
-      await stopProcess(redisServer.process);
     },
   };
 }

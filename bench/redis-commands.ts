@@ -1,0 +1,110 @@
+import { Redis } from 'ioredis';
+import { round } from './proc-stats.js';
+
+/**
+ * Redis commands per image, counted as the issue counted them: `MONITOR` attached (in a phase
+ * of its own, outside every timed window, since MONITOR slows Redis down) while `requests`
+ * sequential requests run, minus the idle background measured just before.
+ *
+ * The phase: the requests once without MONITOR (warm-up, and their duration D), then MONITOR
+ * on, an idle period of max(D, minIdleSeconds) (the background rate: heartbeats, stalled-job
+ * checks, gauges), then the requests again; the load part lasts from the first request until
+ * half a second after the last answer (hand-offs finishing after the answer). Background
+ * commands are subtracted at the idle rate over the load part's length. MONITOR shows commands
+ * sent by clients with the client's address and those run inside Lua scripts as `[0 lua]`.
+ */
+export interface RedisCommandCount {
+  requests: number;
+  idleSeconds: number;
+  loadSeconds: number;
+  /** Commands sent by clients per image (scripts count once), background removed. */
+  sentPerImage: number;
+  /** EVAL / EVALSHA / FCALL (and their _RO forms) per image, background removed. */
+  scriptsPerImage: number;
+  /** Commands run inside scripts per image, background removed. */
+  inScriptsPerImage: number;
+  /** At rest: commands sent by clients per second, and run inside scripts per second. */
+  idleSentPerSecond: number;
+  idleInScriptsPerSecond: number;
+  /** Per image, background removed, by command name (lower case; `lua:` for inside scripts). */
+  perImageByCommand: Record<string, number>;
+  /** Raw counts of each part, by command name. */
+  idleByCommand: Record<string, number>;
+  loadByCommand: Record<string, number>;
+}
+
+const SCRIPT_COMMANDS = new Set(['eval', 'evalsha', 'eval_ro', 'evalsha_ro', 'fcall', 'fcall_ro']);
+
+/**
+ * Runs the phase against a running pipeline.
+ *
+ * @param send sends one request and resolves when it is answered
+ */
+export async function countRedisCommands(
+  redisUrl: string,
+  send: () => Promise<void>,
+  requests = 20,
+  minIdleSeconds = 10,
+): Promise<RedisCommandCount> {
+  const sequential = async () => {
+    for (let i = 0; i < requests; i++) await send();
+  };
+  const t0 = performance.now();
+  await sequential();
+  const warmSeconds = (performance.now() - t0) / 1000;
+
+  const monitor = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  let counts = new Map<string, number>();
+  try {
+    const feed = await monitor.monitor();
+    feed.on('monitor', (_time: string, args: string[], source: string) => {
+      const name = (source === 'lua' ? 'lua:' : '') + (args[0] ?? '?').toLowerCase();
+      counts.set(name, (counts.get(name) ?? 0) + 1);
+    });
+    // Let commands issued before MONITOR drain out of the count.
+    await sleep(200);
+    counts = new Map();
+    const idleSeconds = Math.max(warmSeconds, minIdleSeconds);
+    await sleep(idleSeconds * 1000);
+    const idle = counts;
+    counts = new Map();
+    const l0 = performance.now();
+    await sequential();
+    await sleep(500);
+    const loadSeconds = (performance.now() - l0) / 1000;
+    const load = counts;
+    feed.disconnect();
+
+    const names = new Set([...idle.keys(), ...load.keys()]);
+    const perImageByCommand: Record<string, number> = {};
+    for (const name of [...names].sort()) {
+      const net = (load.get(name) ?? 0) - ((idle.get(name) ?? 0) * loadSeconds) / idleSeconds;
+      perImageByCommand[name] = round(net / requests);
+    }
+    const sum = (m: Map<string, number>, keep: (name: string) => boolean) =>
+      [...m].reduce((s, [k, v]) => (keep(k) ? s + v : s), 0);
+    const isLua = (k: string) => k.startsWith('lua:');
+    const isScript = (k: string) => SCRIPT_COMMANDS.has(k);
+    const perImage = (keep: (name: string) => boolean) =>
+      round((sum(load, keep) - (sum(idle, keep) * loadSeconds) / idleSeconds) / requests, 1);
+    return {
+      requests,
+      idleSeconds: round(idleSeconds),
+      loadSeconds: round(loadSeconds),
+      sentPerImage: perImage((k) => !isLua(k)),
+      scriptsPerImage: perImage(isScript),
+      inScriptsPerImage: perImage(isLua),
+      idleSentPerSecond: round(sum(idle, (k) => !isLua(k)) / idleSeconds, 1),
+      idleInScriptsPerSecond: round(sum(idle, isLua) / idleSeconds, 1),
+      perImageByCommand,
+      idleByCommand: Object.fromEntries(idle),
+      loadByCommand: Object.fromEntries(load),
+    };
+  } finally {
+    monitor.disconnect();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
