@@ -85,7 +85,7 @@ interface AbRun {
   cpuMsPerImage: number | null;
   /** CPU ms per image minus the side's model alone at the batch closest to the mean batch. */
   cpuOutsideModelMs: number | null;
-  /** p50 minus the side's model alone p50 at batch 1. */
+  /** p50 minus the side's model alone p50 at batch 1 (one client only). */
   addedLatencyMs: number | null;
   meanBatchSize: number | null;
   redisSentPerImage: number | null;
@@ -122,17 +122,22 @@ async function main(): Promise<void> {
   };
   const bodies = jsonBodies(await loadImages(name), wl.confidence);
   const busBody = jsonBodies([readFileSync(BUS_JPG)], 0.25)[0]!;
+  // Once per distinct environment: the sides' model alone differs only by their environment.
   const models = new Map<string, ModelAloneResult>();
+  const byEnv = new Map<string, ModelAloneResult>();
   for (const side of sides) {
-    progress(`model alone for side ${side.label} (${JSON.stringify(side.env)})`);
-    models.set(
-      side.label,
-      await runScript<ModelAloneResult>(
+    const key = JSON.stringify(side.env);
+    let model = byEnv.get(key);
+    if (!model) {
+      progress(`model alone for side ${side.label} (${key})`);
+      model = await runScript<ModelAloneResult>(
         'model-alone.ts',
         [wl.modelPath ?? '', '1,2,3,4,5,6,7,8', '1.5'],
         { ...process.env, ...side.env },
-      ),
-    );
+      );
+      byEnv.set(key, model);
+    }
+    models.set(side.label, model);
   }
   const runs: AbRun[] = [];
   for (let pair = 1; pair <= pairs; pair++) {
@@ -160,7 +165,8 @@ async function main(): Promise<void> {
             model && step.cpuMsPerImage !== null
               ? round(step.cpuMsPerImage - model.cpuMsPerImage, 1)
               : null,
-          addedLatencyMs: one ? round(step.latencyMs.p50 - one.wallMsP50, 1) : null,
+          addedLatencyMs:
+            one && connections === 1 ? round(step.latencyMs.p50 - one.wallMsP50, 1) : null,
           meanBatchSize: step.pipeline?.meanBatchSize ?? null,
           redisSentPerImage: redis?.sentPerImage ?? null,
           redisScriptsPerImage: redis?.scriptsPerImage ?? null,
