@@ -73,7 +73,11 @@ const sides = [
   { label: 'B', root: rootB, env: parseEnv(args['ab-env-b']) },
 ] as const;
 const connections = wl.fixedConcurrency ? 1 : Number(args.concurrency ?? 8);
-const load = { durationSeconds: Number(args.duration), warmupSeconds: Number(args.warmup) };
+const load = {
+  durationSeconds: Number(args.duration),
+  warmupSeconds: Number(args.warmup),
+  minAnswers: wl.minAnswers,
+};
 const pairs = Number(args.pairs);
 const outDir = args.out ?? fileURLToPath(new URL('results', import.meta.url));
 const progress = (line: string) => process.stderr.write(`${line}\n`);

@@ -30,6 +30,7 @@ import { COCO128_LABELS, coco128 } from './workloads.js';
  * Usage on its own, against a running server: tsx bench/accuracy.ts [url]
  * (default http://127.0.0.1:9001); prints one JSON line.
  */
+/** Detection parameters of every accuracy request: Ultralytics `val`'s (see above). */
 export const VAL_REQUEST = {
   confidence: 0.001,
   iou_threshold: 0.7,
@@ -53,6 +54,11 @@ export interface AccuracyResult extends MapResult {
   request: typeof VAL_REQUEST;
 }
 
+/**
+ * mAP of the COCO128 images through the server at `url`, one request at a time.
+ *
+ * @throws Error when a request is not answered with 2xx or its answer does not parse
+ */
 export async function measureAccuracy(url: string): Promise<AccuracyResult> {
   const started = performance.now();
   const images: ImageDetections[] = [];

@@ -26,6 +26,11 @@ export interface LoadStep {
 export interface LoadWindow {
   warmupSeconds: number;
   seconds: number;
+  /**
+   * The window lasts, beyond `seconds`, until this many 2xx answers arrived in it (at most
+   * MAX_WARMUP_SECONDS more), so a percentile always rests on enough requests.
+   */
+  minAnswers?: number;
   /** Called when the measured window opens and closes (to start and stop other meters). */
   onOpen?: () => void;
   onClose?: () => void;
@@ -84,6 +89,9 @@ export async function runLoad(
   const openedAt = performance.now();
   open = true;
   await sleep(window.seconds * 1000);
+  const extendUntil = performance.now() + MAX_WARMUP_SECONDS * 1000;
+  while (latencies.length < (window.minAnswers ?? 0) && performance.now() < extendUntil)
+    await sleep(20);
   open = false;
   const closedAt = performance.now();
   window.onClose?.();

@@ -28,10 +28,12 @@ export interface Box {
   y2: number;
 }
 
+/** A labelled object; `classId` in the model's class order (COCO-80 for coco128). */
 export interface GroundTruth extends Box {
   classId: number;
 }
 
+/** A detection with its confidence, 0..1. */
 export interface Prediction extends Box {
   classId: number;
   confidence: number;

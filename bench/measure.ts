@@ -10,6 +10,8 @@ import { redisNetBytes, type RedisBytes, type SystemUnderTest } from './systems.
  * processes (/proc) and, for the pipeline, its roles' metrics and Redis traffic; and running
  * the bench's in-process scripts in processes of their own.
  */
+
+/** One load step of an HTTP system, with its CPU, memory and (pipeline) detail. */
 export interface SystemStep extends LoadStep {
   /** Images per second (one image per request). */
   imagesPerSecond: number;
@@ -48,6 +50,8 @@ export interface SystemResult {
 export interface LoadOptions {
   warmupSeconds: number;
   durationSeconds: number;
+  /** Least 2xx answers in each window (the window is extended until they arrived). */
+  minAnswers?: number;
 }
 
 /** CPU ms per image from CPU cores busy and images per second; null without images. */
@@ -84,6 +88,7 @@ export async function measureSystem(
       {
         warmupSeconds: opts.warmupSeconds,
         seconds: opts.durationSeconds,
+        ...(opts.minAnswers === undefined ? {} : { minAnswers: opts.minAnswers }),
         onOpen: () => {
           before = scrape(sut.metricsUrls);
           if (sut.redis) redisBefore = redisNetBytes(sut.redis);

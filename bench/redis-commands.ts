@@ -13,6 +13,8 @@ import { round } from './proc-stats.js';
  * commands are subtracted at the idle rate over the load part's length. MONITOR shows commands
  * sent by clients with the client's address and those run inside Lua scripts as `[0 lua]`.
  */
+
+/** The counts of one MONITOR phase (per image: background removed). */
 export interface RedisCommandCount {
   requests: number;
   idleSeconds: number;

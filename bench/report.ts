@@ -198,6 +198,7 @@ export function describeMachine(startedAt: string, m: Machine): string {
   );
 }
 
+/** The target table as text: workload, target, status, then what was measured. */
 export function formatTargets(rows: readonly TargetRow[]): string {
   const lines = ['targets (issue 14), all from this run:'];
   const w = [8, 50, 18, 12];

@@ -6,7 +6,9 @@ import type { RedisCommandCount } from './redis-commands.js';
 import type { StageTimings } from './stages.js';
 import type { WorkloadName } from './workloads.js';
 
-/** What `npm run bench` writes to bench/results/latest.json. */
+/** Types of what `npm run bench` writes to bench/results/latest.json (BenchResult). */
+
+/** What reference.ts prints. */
 export interface ReferenceResult {
   imagesPerSecond: number;
   cpuMsPerImage: number;

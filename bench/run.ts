@@ -217,7 +217,7 @@ async function main(): Promise<void> {
             sut,
             bodies.get(wl.name)!,
             concurrencyOf(wl),
-            options,
+            { ...options, minAnswers: wl.minAnswers },
           );
         } finally {
           await sut.stop();
@@ -240,7 +240,7 @@ async function main(): Promise<void> {
           sut,
           bodies.get(wl.name)!,
           concurrencyOf(wl),
-          options,
+          { ...options, minAnswers: wl.minAnswers },
         );
       }
       if (options.redis && sut.redisUrl) {

@@ -54,6 +54,7 @@ export function cpuOutsideModel(
   };
 }
 
+/** The target table of a run: one row per target and workload, plus information rows. */
 export function computeTargets(r: BenchResult): TargetRow[] {
   const rows: TargetRow[] = [];
   const missing = (workload: string, what: string, target: string): TargetRow => ({

@@ -37,9 +37,12 @@ export interface Workload {
   concurrency: { normal: number[]; quick: number[] };
   /** Whether `--concurrency` may change the steps (not for the one-at-a-time workload). */
   fixedConcurrency: boolean;
+  /** Least answers in each measured window (the window is extended until they arrived). */
+  minAnswers: number;
   describe: string;
 }
 
+/** The definition of a workload by name. */
 export function workload(name: WorkloadName): Workload {
   switch (name) {
     case 'yolov8n':
@@ -49,6 +52,7 @@ export function workload(name: WorkloadName): Workload {
         confidence: 0.25,
         concurrency: { normal: [8, 1], quick: [8] },
         fixedConcurrency: false,
+        minAnswers: 0,
         describe: 'yolov8n-dynamic.onnx at 640×640, the 128 COCO128 JPEGs, confidence 0.25',
       };
     case 'bus':
@@ -58,6 +62,7 @@ export function workload(name: WorkloadName): Workload {
         confidence: 0.25,
         concurrency: { normal: [1], quick: [1] },
         fixedConcurrency: true,
+        minAnswers: 20,
         describe: 'yolov8n-dynamic.onnx, bus.jpg (810×1080) one request at a time, confidence 0.25',
       };
     case 'null':
@@ -67,6 +72,7 @@ export function workload(name: WorkloadName): Workload {
         confidence: 0.25,
         concurrency: { normal: [8, 32], quick: [16] },
         fixedConcurrency: false,
+        minAnswers: 0,
         describe: `null-640.onnx (returns zeros), the COCO128 JPEGs resized to ${SMALL_JPEG_WIDTH} px wide (JPEG q${SMALL_JPEG_QUALITY})`,
       };
     case 'tiny':
@@ -76,6 +82,7 @@ export function workload(name: WorkloadName): Workload {
         confidence: 0.25,
         concurrency: { normal: [8, 32], quick: [16] },
         fixedConcurrency: false,
+        minAnswers: 0,
         describe: 'generated tiny-shapes model at 320×320, 32 drawn 320×240 PNGs, confidence 0.25',
       };
   }
