@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { round } from './proc-stats.js';
 
@@ -28,7 +29,10 @@ export interface RedisCommandCount {
   /** At rest: commands sent by clients per second, and run inside scripts per second. */
   idleSentPerSecond: number;
   idleInScriptsPerSecond: number;
-  /** Per image, background removed, by command name (lower case; `lua:` for inside scripts). */
+  /**
+   * Per image, background removed, by command name (lower case; `lua:` for inside scripts;
+   * `evalsha <script>` with BullMQ's script name).
+   */
   perImageByCommand: Record<string, number>;
   /** Raw counts of each part, by command name. */
   idleByCommand: Record<string, number>;
@@ -36,6 +40,27 @@ export interface RedisCommandCount {
 }
 
 const SCRIPT_COMMANDS = new Set(['eval', 'evalsha', 'eval_ro', 'evalsha_ro', 'fcall', 'fcall_ro']);
+
+/**
+ * BullMQ's Lua scripts by the SHA1 of their text (what EVALSHA names them by, as ioredis's
+ * `defineCommand` loads them), so the counts say which script ran. Scripts of another version
+ * or of the project itself keep the first 8 hex digits of their SHA1.
+ */
+async function bullmqScriptNames(): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  try {
+    const scripts = (await import('bullmq/dist/esm/scripts/index.js')) as Record<
+      string,
+      { name?: unknown; content?: unknown }
+    >;
+    for (const s of Object.values(scripts))
+      if (typeof s.name === 'string' && typeof s.content === 'string')
+        names.set(createHash('sha1').update(s.content).digest('hex'), s.name);
+  } catch {
+    // Another layout of the package: SHA1s only.
+  }
+  return names;
+}
 
 /**
  * Runs the phase against a running pipeline.
@@ -59,8 +84,11 @@ export async function countRedisCommands(
   let counts = new Map<string, number>();
   try {
     const feed = await monitor.monitor();
+    const scriptNames = await bullmqScriptNames();
     feed.on('monitor', (_time: string, args: string[], source: string) => {
-      const name = (source === 'lua' ? 'lua:' : '') + (args[0] ?? '?').toLowerCase();
+      let name = (source === 'lua' ? 'lua:' : '') + (args[0] ?? '?').toLowerCase();
+      if (name === 'evalsha' || name === 'evalsha_ro')
+        name += ` ${scriptNames.get(args[1] ?? '') ?? (args[1] ?? '?').slice(0, 8)}`;
       counts.set(name, (counts.get(name) ?? 0) + 1);
     });
     // Let commands issued before MONITOR drain out of the count.
@@ -86,7 +114,7 @@ export async function countRedisCommands(
     const sum = (m: Map<string, number>, keep: (name: string) => boolean) =>
       [...m].reduce((s, [k, v]) => (keep(k) ? s + v : s), 0);
     const isLua = (k: string) => k.startsWith('lua:');
-    const isScript = (k: string) => SCRIPT_COMMANDS.has(k);
+    const isScript = (k: string) => SCRIPT_COMMANDS.has(k.split(' ')[0]!);
     const perImage = (keep: (name: string) => boolean) =>
       round((sum(load, keep) - (sum(idle, keep) * loadSeconds) / idleSeconds) / requests, 1);
     return {
