@@ -61,7 +61,7 @@ void test('scheduler: one batch at a time across models; lanes batch separately'
   // a's full batch jumps b's older partial one once.
   await waitFor(() => calls.length === 2, 'the a batch');
   assert.deepEqual(calls[1], { ...calls[1], lane: 'a', ids: ['a1', 'a2'] });
-  calls[1]!.resolve();
+  calls[1].resolve();
   await waitFor(() => calls.length === 3, 'the b batch');
   assert.equal(calls[2]!.lane, 'b');
   assert.deepEqual(calls[2]!.ids, ['b1']);
