@@ -4,7 +4,7 @@ import { decodeCandidates, encodeCandidates } from '../shared/candidates.js';
 import type { DetectionParams, DetectionResponse } from '../shared/contracts.js';
 import { OnnxModel } from '../services/infer/model.js';
 import { buildResponse } from '../services/post/postprocess.js';
-import { letterboxImage } from '../services/pre/preprocess.js';
+import { letterboxImage, type Preprocessed } from '../services/pre/preprocess.js';
 
 /**
  * The pipeline's own stages called in one process, with no HTTP and no Redis: sharp letterbox
@@ -16,8 +16,8 @@ export interface InlineDetector {
   model: OnnxModel;
   /** Decode + letterbox one image. */
   pre(bytes: Buffer): ReturnType<typeof letterboxImage>;
-  /** Model run of a batch of letterboxed images, each with its request's parameters. */
-  infer(pixels: Buffer[], params: DetectionParams[]): Promise<Float32Array[]>;
+  /** Model run of a batch of preprocessed images, each with its request's parameters. */
+  infer(images: Preprocessed[], params: DetectionParams[]): Promise<Float32Array[]>;
   /** NMS and the response of one image. */
   post(
     candidates: Float32Array,
@@ -56,9 +56,17 @@ export async function loadInlineDetector(
   return {
     model,
     pre: (bytes) => letterboxImage(bytes, desc.input_width, desc.input_height, true, DECODE_LIMITS),
-    infer: async (pixels, params) => {
+    infer: async (images, params) => {
       const out = await model.run(
-        pixels,
+        images.map(({ pixels, letterbox: lb }) => ({
+          pixels,
+          placement: {
+            width: lb.resizedWidth,
+            height: lb.resizedHeight,
+            left: lb.padLeft,
+            top: lb.padTop,
+          },
+        })),
         params.map((p) => ({
           confidence: p.confidence,
           allowedClassIds: null,

@@ -1,5 +1,6 @@
 import sharp from 'sharp';
 import { BatchScheduler } from '../services/infer/batcher.js';
+import type { Preprocessed } from '../services/pre/preprocess.js';
 import { detectionParams, loadInlineDetector } from './inline-detector.js';
 import { summarise, type LatencySummary } from './latency.js';
 import { round } from './proc-stats.js';
@@ -51,7 +52,7 @@ const detector = await loadInlineDetector(wl.modelPath, maxBatch);
 const params = detectionParams(wl.confidence);
 const rssAtRestMiB = round(process.memoryUsage().rss / 2 ** 20, 1);
 
-type Item = { pixels: Buffer };
+type Item = Preprocessed;
 let batches = 0;
 let batchedImages = 0;
 // One lane: dynamic batching for one model, as the inference process runs it.
@@ -65,7 +66,7 @@ const batcher = new BatchScheduler<Item, Float32Array>({
     batches++;
     batchedImages += items.length;
     return detector.infer(
-      items.map((i) => i.pixels),
+      items,
       items.map(() => params),
     );
   },
@@ -73,9 +74,9 @@ const batcher = new BatchScheduler<Item, Float32Array>({
 
 async function one(bytes: Buffer): Promise<void> {
   const receivedAt = Date.now();
-  const { pixels, letterbox } = await detector.pre(bytes);
-  const candidates = await batcher.submit({ pixels });
-  detector.post(candidates, params, letterbox, receivedAt);
+  const image = await detector.pre(bytes);
+  const candidates = await batcher.submit(image);
+  detector.post(candidates, params, image.letterbox, receivedAt);
 }
 
 /**

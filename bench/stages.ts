@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { CANDIDATE_STRIDE, decodeCandidates, encodeCandidates } from '../shared/candidates.js';
-import { hwcToNchwFloat } from '../services/infer/input-tensor.js';
+import { letterboxToNchwFloat } from '../services/infer/input-tensor.js';
 import { decodeYolov8 } from '../services/infer/output-decoder.js';
 import { buildResponse } from '../services/post/postprocess.js';
 import { letterboxImage } from '../services/pre/preprocess.js';
@@ -59,7 +59,15 @@ const decodeOnly = await timeIt(iterations, () => sharp(bus).raw().toBuffer());
 const { pixels, letterbox } = await letterboxImage(bus, 640, 640, true, DECODE_LIMITS);
 
 const input = new Float32Array(3 * 640 * 640);
-const conv = await timeIt(iterations, () => hwcToNchwFloat(pixels, 1, 640, 640, input));
+const placement = {
+  width: letterbox.resizedWidth,
+  height: letterbox.resizedHeight,
+  left: letterbox.padLeft,
+  top: letterbox.padTop,
+};
+const conv = await timeIt(iterations, () =>
+  letterboxToNchwFloat(pixels, [placement], 640, 640, input),
+);
 
 const session = await ort.InferenceSession.create(join(SHARED_DIR, 'models/yolov8n-dynamic.onnx'), {
   graphOptimizationLevel: 'all',

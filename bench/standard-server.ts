@@ -34,10 +34,10 @@ app.post('/infer/object_detection', async (req) => {
   for (const image of parsed.images) {
     if (image.kind !== 'bytes')
       throw new PipelineError(ErrorCode.INVALID_REQUEST, 'this server takes image bytes only');
-    const { pixels, letterbox } = await detector.pre(image.bytes);
+    const pre = await detector.pre(image.bytes);
     const params = resolveParams(parsed.params, undefined);
-    const [candidates] = await detector.infer([pixels], [params]);
-    responses.push(detector.post(candidates!, params, letterbox, receivedAt));
+    const [candidates] = await detector.infer([pre], [params]);
+    responses.push(detector.post(candidates!, params, pre.letterbox, receivedAt));
   }
   return parsed.isList ? responses : responses[0];
 });

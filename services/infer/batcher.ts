@@ -3,8 +3,10 @@
  * single run slot shared by all lanes (one batch on the hardware at a time).
  *
  * State machine of a lane. Items arrive one by one (one per BullMQ job).
- *   - idle: nothing waits. The first arrival starts the lane's delay timer (maxDelayMs) and
- *     moves the lane to collecting.
+ *   - idle: nothing waits. An arrival that finds the run slot free (the model idle) makes the
+ *     lane due at once: waiting for companions would only add the delay to its latency, and
+ *     the images that arrive while it runs form the next batch. An arrival while a batch runs
+ *     starts the lane's delay timer (maxDelayMs) and moves the lane to collecting.
  *   - collecting: items wait. The lane becomes due when it holds a full batch (its model's
  *     batch limit) or when the timer fires, whichever comes first.
  *   - due: the lane waits for the run slot. Arrivals keep joining it, up to a full batch.
@@ -69,7 +71,7 @@ export class BatchScheduler<I, O> {
     const lane = this.lane(this.opts.laneOf(item));
     return new Promise<O>((resolve, reject) => {
       lane.queue.push({ item, arrivedAt: Date.now(), seq: this.arrivals++, resolve, reject });
-      if (lane.queue.length >= this.opts.maxBatchOf(lane.id)) this.markDue(lane);
+      if (lane.queue.length >= this.opts.maxBatchOf(lane.id) || !this.running) this.markDue(lane);
       else if (lane.queue.length === 1) this.armTimer(lane, this.opts.maxDelayMs);
     });
   }

@@ -13,7 +13,9 @@ import { createQueue, enqueue } from '../../shared/queues.js';
 import { cleanupWithRedis, closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { parseJson } from '../../shared/validation.js';
+import type { Letterbox } from '../../shared/letterbox.js';
 import { BatchScheduler } from './batcher.js';
+import type { Placement } from './input-tensor.js';
 import { InferenceMetrics } from './metrics.js';
 import { ModelPool } from './model-pool.js';
 import { loadModelSpecs } from './models-file.js';
@@ -74,7 +76,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
         try {
           const inferStart = nowMs();
           const out = await model.run(
-            items.map((i) => i.pixels),
+            items.map((i) => ({ pixels: i.pixels, placement: placementOf(i.job.letterbox) })),
             items.map((i) => ({
               confidence: i.job.params.confidence,
               allowedClassIds: classIdsOf(i.job.params.classFilter, classNames),
@@ -167,6 +169,11 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     ],
   };
 });
+
+/** Where `pre`'s resized pixels sit in the model input. */
+function placementOf(lb: Letterbox): Placement {
+  return { width: lb.resizedWidth, height: lb.resizedHeight, left: lb.padLeft, top: lb.padTop };
+}
 
 /** Class ids allowed by a class_filter; names the model does not know are ignored. */
 function classIdsOf(filter: string[] | null, names: readonly string[]): number[] | null {

@@ -14,6 +14,7 @@ import {
   readOnnxMetadata,
 } from './onnx/model-metadata.js';
 import { detectLayout, LayoutError, type DetectedLayout } from './layout-detection.js';
+import type { Placement } from './input-tensor.js';
 import type { CandidateFilter } from './output-decoder.js';
 import {
   DEFAULT_THREADS,
@@ -48,6 +49,13 @@ export interface ModelOptions {
   preprocessing?: Partial<Preprocessing> | undefined;
   /** onnxruntime's thread pool; default: a thread per core, no spinning. */
   threads?: SessionThreads | undefined;
+}
+
+/** One image of a batch: its resized pixels and where they sit in the model input. */
+export interface PlacedImage {
+  /** `placement.height` × `placement.width` × 3 bytes, RGB, row-major. */
+  pixels: Uint8Array;
+  placement: Placement;
 }
 
 export interface BatchOutput {
@@ -167,16 +175,24 @@ export class OnnxModel {
     return new OnnxModel(thread, description, fixedBatch, info.loadMs + warmupMs, detected.source);
   }
 
-  /** Runs `images` (each inputHeight × inputWidth × 3 RGB bytes) as one batch. */
-  run(images: readonly Uint8Array[], filters: CandidateFilter[]): Promise<BatchOutput> {
+  /**
+   * Runs `images` as one batch: each its resized RGB pixels (`placement.height` ×
+   * `placement.width` × 3 bytes, as `pre` stores them) and where they sit in the model input;
+   * the session thread adds the letterbox padding.
+   *
+   * @throws RangeError when an image's byte length does not match its placement
+   */
+  run(images: readonly PlacedImage[], filters: CandidateFilter[]): Promise<BatchOutput> {
     const { input_width: width, input_height: height } = this.description;
-    const imageBytes = width * height * 3;
     // One contiguous copy that can be transferred to the thread without cloning.
-    const pixels = new Uint8Array(images.length * imageBytes);
-    images.forEach((img, i) => {
-      if (img.byteLength !== imageBytes)
-        throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${imageBytes}`);
-      pixels.set(img, i * imageBytes);
+    const pixels = new Uint8Array(images.reduce((n, img) => n + img.pixels.byteLength, 0));
+    let offset = 0;
+    images.forEach(({ pixels: img, placement: p }, i) => {
+      const bytes = p.width * p.height * 3;
+      if (img.byteLength !== bytes)
+        throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${bytes}`);
+      pixels.set(img, offset);
+      offset += bytes;
     });
     const batchId = this.nextBatchId++;
     return new Promise<BatchOutput>((resolve, reject) => {
@@ -187,7 +203,7 @@ export class OnnxModel {
           type: 'run' as const,
           batchId,
           pixels,
-          count: images.length,
+          placements: images.map((img) => img.placement),
           runBatch: this.fixedBatch ?? images.length,
           height,
           width,

@@ -5,6 +5,7 @@
  * and collecting the next batch meanwhile.
  */
 import type { ModelLayout, Preprocessing } from '../../shared/model-layout.js';
+import type { Placement } from './input-tensor.js';
 import type { CandidateFilter } from './output-decoder.js';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'tensorrt';
@@ -61,10 +62,14 @@ export interface ConfigureRequest {
 export interface RunRequest {
   type: 'run';
   batchId: number;
-  /** Images as one buffer of `count × height × width × 3` RGB bytes. */
+  /**
+   * The images, one after the other, each `placements[i].height × placements[i].width × 3` RGB
+   * bytes (resized, without the letterbox padding).
+   */
   pixels: Uint8Array;
-  count: number;
-  /** Batch size to run: `count`, or the model's fixed batch size (the rest zero-padded). */
+  /** Where each image sits in the `height` × `width` model input. */
+  placements: Placement[];
+  /** Batch size to run: the images, or the model's fixed batch size (the rest zero-padded). */
   runBatch: number;
   height: number;
   width: number;

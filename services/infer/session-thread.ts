@@ -1,6 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { hwcToNchwFloat } from './input-tensor.js';
+import { letterboxToNchwFloat } from './input-tensor.js';
 import { decoderFor, type Decoder } from './output-decoder.js';
 import type {
   ConfigureRequest,
@@ -108,9 +108,9 @@ async function runBatch(req: RunRequest): Promise<void> {
     if (!configured) throw new Error('the session thread got a batch before its configuration');
     const t0 = performance.now();
     const data = inputBuffer(req.runBatch * 3 * req.height * req.width);
-    hwcToNchwFloat(req.pixels, req.count, req.height, req.width, data, configured.prep);
+    letterboxToNchwFloat(req.pixels, req.placements, req.height, req.width, data, configured.prep);
     // A fixed batch larger than the images: the rest of the batch is zeros.
-    data.fill(0, req.count * 3 * req.height * req.width);
+    data.fill(0, req.placements.length * 3 * req.height * req.width);
     const tensor = new ort.Tensor('float32', data, [req.runBatch, 3, req.height, req.width]);
     const t1 = performance.now();
     const results = await session.run({ [inputName]: tensor });

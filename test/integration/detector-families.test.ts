@@ -250,7 +250,12 @@ describe('ModelOptions: layout and preprocessing set by the caller', () => {
       // Fed as BGR, a red square reaches the model as pure blue (its 0.72 duplicate is cut).
       const red: Shape = { colour: 'red', x: 40, y: 60, w: 80, h: 50 };
       const out = await model.run(
-        [drawPixels(320, 320, [red])],
+        [
+          {
+            pixels: drawPixels(320, 320, [red]),
+            placement: { width: 320, height: 320, left: 0, top: 0 },
+          },
+        ],
         [{ confidence: 0.75, allowedClassIds: null, maxCandidates: 10 }],
       );
       assert.deepEqual(

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { DetectionResponse } from '../../shared/contracts.js';
+import { Queue } from 'bullmq';
+import { QueueName, type DetectionResponse } from '../../shared/contracts.js';
 import { assertShapes, drawImage, type Shape } from '../helpers/images.js';
 import { suiteImageServer } from '../helpers/image-server.js';
 import {
@@ -272,16 +273,37 @@ describe('object detection over HTTP', () => {
     assert.equal(ok.status, 200);
   });
 
-  test('concurrent requests are batched together by the inference process', async () => {
-    const image = await drawImage(480, 360, SCENE);
-    const responses = await Promise.all(
-      Array.from({ length: 16 }, () =>
-        postJson(stack, '/infer/object_detection', base64Request(image)),
-      ),
-    );
-    for (const r of responses) {
-      assert.equal(r.status, 200);
-      assertShapes((r.body as DetectionResponse).predictions, SCENE);
+  test('images that arrive while the model runs are batched together', async () => {
+    // The tiny model runs in a few milliseconds, faster than `pre` delivers, so an image almost
+    // always finds it idle and runs at once, alone. To have images arrive while a batch runs,
+    // the `infer` queue is paused until all 16 wait in it: once resumed, the first runs alone
+    // and the others, fetched during its run, form the next batches.
+    const inferQueue = new Queue(QueueName.infer, {
+      connection: { url: redis.url },
+      prefix: stack.prefix,
+    });
+    try {
+      await inferQueue.pause();
+      const image = await drawImage(480, 360, SCENE);
+      const pending = Promise.all(
+        Array.from({ length: 16 }, () =>
+          postJson(stack, '/infer/object_detection', base64Request(image)),
+        ),
+      );
+      const until = Date.now() + 20_000;
+      while ((await inferQueue.getWaitingCount()) < 16) {
+        assert.ok(Date.now() < until, 'the 16 images never all reached the infer queue');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await inferQueue.resume();
+      const responses = await pending;
+      for (const r of responses) {
+        assert.equal(r.status, 200);
+        assertShapes((r.body as DetectionResponse).predictions, SCENE);
+      }
+    } finally {
+      await inferQueue.resume();
+      await inferQueue.close();
     }
     const sizes = logEvents(stack, 'infer', 'batch done').map((e) => e['size'] as number);
     assert.ok(

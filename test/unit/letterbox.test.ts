@@ -269,27 +269,34 @@ void test('unletterboxBox: round trip with top-left placement', () => {
   );
 });
 
-void test('letterboxImage: top-left placement puts the image at the origin, grey at right', async () => {
-  // A 40 × 80 red image into 64 × 64: resized to 32 × 64, then 32 grey columns.
+void test('letterboxImage: the image resized to fit, without padding; the letterbox says where it goes', async () => {
+  // A 40 × 80 red image into 64 × 64: resized to 32 × 64, placed at the left or centred.
   const red = await sharp({
     create: { width: 40, height: 80, channels: 3, background: { r: 255, g: 0, b: 0 } },
   })
     .png()
     .toBuffer();
   const limits = { maxPixels: 1e6, allowSvg: false };
-  const pixel = (px: Buffer, x: number, y: number) => [
-    ...px.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3),
-  ];
   const topLeft = await letterboxImage(red, 64, 64, true, limits, 'top-left');
   assert.deepEqual([topLeft.letterbox.padLeft, topLeft.letterbox.padTop], [0, 0]);
-  assert.deepEqual(pixel(topLeft.pixels, 0, 0), [255, 0, 0]);
-  assert.deepEqual(pixel(topLeft.pixels, 31, 63), [255, 0, 0]);
-  assert.deepEqual(pixel(topLeft.pixels, 32, 0), [114, 114, 114]);
-  assert.deepEqual(pixel(topLeft.pixels, 63, 63), [114, 114, 114]);
-  // Centred (the default): 16 grey columns on each side.
+  assert.deepEqual([topLeft.letterbox.resizedWidth, topLeft.letterbox.resizedHeight], [32, 64]);
+  assert.equal(topLeft.pixels.length, 32 * 64 * 3);
+  for (let i = 0; i < topLeft.pixels.length; i += 3)
+    assert.deepEqual([...topLeft.pixels.subarray(i, i + 3)], [255, 0, 0], `pixel ${i / 3}`);
+  // Centred (the default): 16 grey columns on each side, added by `infer`.
   const centred = await letterboxImage(red, 64, 64, true, limits);
-  assert.equal(centred.letterbox.padLeft, 16);
-  assert.deepEqual(pixel(centred.pixels, 0, 0), [114, 114, 114]);
-  assert.deepEqual(pixel(centred.pixels, 16, 0), [255, 0, 0]);
-  assert.deepEqual(pixel(centred.pixels, 48, 0), [114, 114, 114]);
+  assert.deepEqual([centred.letterbox.padLeft, centred.letterbox.padTop], [16, 0]);
+  assert.ok(centred.pixels.equals(topLeft.pixels));
+});
+
+void test('letterboxImage: an image that already fits is not resampled', async () => {
+  // Random pixels: any resampling would change some of them.
+  const raw = Buffer.from(Array.from({ length: 64 * 48 * 3 }, (_, i) => (i * 7919) % 256));
+  const png = await sharp(raw, { raw: { width: 64, height: 48, channels: 3 } })
+    .png()
+    .toBuffer();
+  const out = await letterboxImage(png, 64, 64, true, { maxPixels: 1e6, allowSvg: false });
+  assert.deepEqual([out.letterbox.resizedWidth, out.letterbox.resizedHeight], [64, 48]);
+  assert.equal(out.letterbox.padTop, 8);
+  assert.ok(out.pixels.equals(raw));
 });

@@ -9,7 +9,7 @@ import {
   decodeYolox,
   yoloxGrid,
 } from '../../services/infer/output-decoder.js';
-import { hwcToNchwFloat } from '../../services/infer/input-tensor.js';
+import { letterboxToNchwFloat, type Placement } from '../../services/infer/input-tensor.js';
 import type { CandidateFilter } from '../../services/infer/output-decoder.js';
 import { detectLayout, gridCells, LayoutError } from '../../services/infer/layout-detection.js';
 import type { LayoutQuery } from '../../services/infer/layout-detection.js';
@@ -206,7 +206,7 @@ void test('decodeYolov8: non-integer box values are copied as float32', () => {
   assert.deepEqual([...packed], [320.25, 100.5, 64.125, 12.75, Math.fround(0.9), 0]);
 });
 
-void test('hwcToNchwFloat: converts HWC uint8 to NCHW floats in 0..1', () => {
+void test('letterboxToNchwFloat: converts HWC uint8 to NCHW floats in 0..1', () => {
   const h = 2;
   const w = 2;
   // Image 0: pixel p has (R, G, B) = (p+1, 10*(p+1), 255 - p).
@@ -217,7 +217,8 @@ void test('hwcToNchwFloat: converts HWC uint8 to NCHW floats in 0..1', () => {
     src.set([100 + p, 200 + p, 50 * p], 12 + p * 3);
   }
   const dst = new Float32Array(2 * 3 * h * w).fill(-1);
-  hwcToNchwFloat(src, 2, h, w, dst);
+  const whole: Placement = { width: w, height: h, left: 0, top: 0 };
+  letterboxToNchwFloat(src, [whole, whole], h, w, dst);
   const expected = [
     // image 0: R plane, G plane, B plane
     1, 2, 3, 4, 10, 20, 30, 40, 255, 254, 253, 252,
@@ -232,14 +233,14 @@ void test('hwcToNchwFloat: converts HWC uint8 to NCHW floats in 0..1', () => {
   assert.equal(dst[20], 0);
 });
 
-void test('hwcToNchwFloat: padded batch entries are left untouched', () => {
+void test('letterboxToNchwFloat: padded batch entries are left untouched', () => {
   const h = 2;
   const w = 2;
   const plane = h * w;
   // Only one real image, in a tensor sized for a batch of 2.
   const src = new Uint8Array([255, 0, 51, 0, 255, 102, 51, 102, 0, 204, 153, 255]);
   const dst = new Float32Array(2 * 3 * plane).fill(7);
-  hwcToNchwFloat(src, 1, h, w, dst);
+  letterboxToNchwFloat(src, [{ width: w, height: h, left: 0, top: 0 }], h, w, dst);
   assert.deepEqual(
     [...dst.subarray(0, 3 * plane)],
     [255, 0, 51, 204, 0, 255, 102, 153, 51, 102, 0, 255].map((v) => Math.fround(v / 255)),
@@ -579,11 +580,63 @@ void test('detectLayout: unknown, ambiguous and misfitting outputs are errors na
   );
 });
 
-void test('hwcToNchwFloat: BGR order and a scale of 1 (YOLOX input)', () => {
+void test('letterboxToNchwFloat: BGR order and a scale of 1 (YOLOX input)', () => {
   const src = new Uint8Array([10, 20, 30, 40, 50, 60]); // two pixels, RGB
   const dst = new Float32Array(6);
-  hwcToNchwFloat(src, 1, 1, 2, dst, { channelOrder: 'bgr', scale: 1 });
+  const whole = { width: 2, height: 1, left: 0, top: 0 };
+  letterboxToNchwFloat(src, [whole], 1, 2, dst, { channelOrder: 'bgr', scale: 1 });
   assert.deepEqual([...dst], [30, 60, 20, 50, 10, 40]);
+});
+
+void test('letterboxToNchwFloat: each image at its placement, grey 114 around it', () => {
+  // A 4 × 3 frame. Image 0: 2 × 1 pixels at (1, 1); image 1: 3 × 3 at the top-left.
+  const img0 = [1, 2, 3, 4, 5, 6];
+  const img1 = Array.from({ length: 27 }, (_, i) => 100 + i);
+  const src = new Uint8Array([...img0, ...img1]);
+  const placements: Placement[] = [
+    { width: 2, height: 1, left: 1, top: 1 },
+    { width: 3, height: 3, left: 0, top: 0 },
+  ];
+  const dst = new Float32Array(2 * 3 * 12).fill(-1);
+  letterboxToNchwFloat(src, placements, 3, 4, dst, { channelOrder: 'rgb', scale: 1 });
+  const G = 114;
+  // Image 0, planes R, G, B: grey except (1, 1) and (2, 1).
+  assert.deepEqual(
+    [...dst.subarray(0, 36)],
+    [
+      [G, G, G, G, G, 1, 4, G, G, G, G, G],
+      [G, G, G, G, G, 2, 5, G, G, G, G, G],
+      [G, G, G, G, G, 3, 6, G, G, G, G, G],
+    ].flat(),
+  );
+  // Image 1: its 3 columns, then a grey column on the right.
+  const plane = (c: number) =>
+    [0, 1, 2].flatMap((y) => [0, 1, 2].map((x) => 100 + (y * 3 + x) * 3 + c).concat(G));
+  assert.deepEqual([...dst.subarray(36)], [...plane(0), ...plane(1), ...plane(2)]);
+  // Scaled as the model wants: the grey too.
+  letterboxToNchwFloat(src, placements, 3, 4, dst);
+  assert.equal(dst[0], Math.fround(114 / 255));
+  assert.equal(dst[5], Math.fround(1 / 255));
+});
+
+void test('letterboxToNchwFloat: refuses placements outside the frame and short input', () => {
+  const dst = new Float32Array(3 * 4);
+  const src = new Uint8Array(12);
+  assert.throws(
+    () => letterboxToNchwFloat(src, [{ width: 2, height: 2, left: 1, top: 0 }], 2, 2, dst),
+    RangeError,
+  );
+  assert.throws(
+    () =>
+      letterboxToNchwFloat(
+        src.subarray(0, 6),
+        [{ width: 2, height: 2, left: 0, top: 0 }],
+        2,
+        2,
+        dst,
+      ),
+    /missing bytes/,
+  );
 });
 
 void test('decodeYolov8 agrees with a plain per-anchor reference on random outputs', () => {

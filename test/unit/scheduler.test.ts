@@ -50,18 +50,23 @@ async function waitFor(cond: () => boolean, what: string, timeoutMs = 2000): Pro
 
 void test('scheduler: one batch at a time across models; lanes batch separately', async () => {
   const { scheduler, calls, submit } = harness({ a: 2, b: 2 }, 10);
-  const results = [submit('a', 'a1'), submit('b', 'b1'), submit('a', 'a2')];
-  // a is full at once and runs; b becomes due meanwhile but waits for the slot.
+  const results = [submit('a', 'a0'), submit('a', 'a1'), submit('b', 'b1'), submit('a', 'a2')];
+  // a0 finds the model idle and runs alone; the others arrive during its run: a fills a
+  // batch, b becomes due (partial) after its delay, and both wait for the slot.
   assert.equal(calls.length, 1);
-  assert.deepEqual(calls[0], { ...calls[0], lane: 'a', ids: ['a1', 'a2'] });
+  assert.deepEqual(calls[0], { ...calls[0], lane: 'a', ids: ['a0'] });
   await sleep(30);
   assert.equal(calls.length, 1, 'a second batch ran while one was on the model');
   calls[0].resolve();
-  await waitFor(() => calls.length === 2, 'the b batch');
-  assert.equal(calls[1]!.lane, 'b');
-  assert.deepEqual(calls[1]!.ids, ['b1']);
-  calls[1]!.resolve();
-  assert.deepEqual(await Promise.all(results), ['a1', 'b1', 'a2']);
+  // a's full batch jumps b's older partial one once.
+  await waitFor(() => calls.length === 2, 'the a batch');
+  assert.deepEqual(calls[1], { ...calls[1], lane: 'a', ids: ['a1', 'a2'] });
+  calls[1].resolve();
+  await waitFor(() => calls.length === 3, 'the b batch');
+  assert.equal(calls[2]!.lane, 'b');
+  assert.deepEqual(calls[2]!.ids, ['b1']);
+  calls[2]!.resolve();
+  assert.deepEqual(await Promise.all(results), ['a0', 'a1', 'b1', 'a2']);
   scheduler.close();
 });
 
@@ -100,27 +105,31 @@ void test('scheduler: a busy model that always has a full batch cannot starve a 
   const feedBusy = (n: number) => {
     for (let i = 0; i < n; i++) busyItems.push(submit('busy', `b${next++}`));
   };
-  // A full busy batch goes to the model at once; the quiet image arrives while it runs, then
-  // the busy model queues two more full batches behind it.
+  // Another model occupies the slot; a full busy batch becomes due, the quiet image arrives,
+  // then the busy model queues two more full batches behind it.
+  const holder = submit('hold', 'h');
   feedBusy(4);
   const quiet = submit('quiet', 'q');
   feedBusy(8);
   let quietDone = false;
   void quiet.then(() => (quietDone = true));
   await sleep(10); // the quiet lane's delay passes: it is due, with the oldest waiting image
+  calls[0]!.resolve();
+  assert.equal(await holder, 'h');
   // Keep the busy lane full after every run.
-  let runs = 0;
+  let runs = 1;
   while (!quietDone) {
     await waitFor(() => calls.length > runs, `run ${runs + 1}`);
     feedBusy(4);
     calls[runs]!.resolve();
     runs++;
     await sleep(5);
-    assert.ok(runs <= 3, `the quiet image still waits: ${calls.map((c) => c.lane).join(',')}`);
+    assert.ok(runs <= 4, `the quiet image still waits: ${calls.map((c) => c.lane).join(',')}`);
   }
-  // The running batch, one full busy batch that jumped the queue once, then the quiet image.
+  // The oldest (full) busy batch, one full busy batch that jumped the queue once, then the
+  // quiet image.
   assert.deepEqual(
-    calls.slice(0, 3).map((c) => c.lane),
+    calls.slice(1, 4).map((c) => c.lane),
     ['busy', 'busy', 'quiet'],
   );
   assert.equal(await quiet, 'q');
