@@ -104,16 +104,14 @@ export function createStageWorker<Q extends QueueName>(
     log: Logger,
   ) => {
     try {
-      // Nothing downstream will consume this image's data now. Deleted first: a Redis at its
-      // maxmemory refuses the reply (LPUSH) but not DEL, and the image's megabytes make room
-      // for the reply's few hundred bytes.
-      await client.del(...keys.requestData(data.id));
+      // Nothing downstream will consume this image's data now (deleted before the push).
       await sendResult(
         client,
         keys,
         data.replyTo,
         { id: data.id, ok: false, error },
         opts.replyTtlSeconds,
+        keys.requestData(data.id),
       );
     } catch (err) {
       log.error({ err }, 'could not send the error result');

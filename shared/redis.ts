@@ -96,6 +96,18 @@ export async function execMulti(multi: ReturnType<Redis['multi']>): Promise<unkn
 }
 
 /**
+ * Runs a pipeline (no MULTI: its commands run in order, not as one transaction) and throws the
+ * first per-command error, which ioredis only reports in results.
+ */
+export async function execPipeline(pipeline: ReturnType<Redis['pipeline']>): Promise<unknown[]> {
+  const results = (await pipeline.exec()) ?? [];
+  return results.map(([err, value]) => {
+    if (err) throw err;
+    return value;
+  });
+}
+
+/**
  * Calls `onRestart(readyAt)` when the connection comes back to a Redis that restarted (its
  * `run_id` changed): whatever was not persisted is gone. `readyAt` is the epoch ms of the
  * reconnection. Reads errors of INFO into `onError`.

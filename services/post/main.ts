@@ -54,15 +54,15 @@ runStage(QueueName.post, ({ config, log, keys, client }) => {
         );
         response.visualization = drawn.toString('base64');
       }
+      // The image is finished: its data in every stage's key goes with the answer.
       await sendResult(
         client,
         keys,
         job.replyTo,
         { id: job.id, ok: true, response, marks: { ...job.marks, postStart, postEnd: nowMs() } },
         config.dataTtlSeconds,
+        keys.requestData(job.id),
       );
-      // The image is finished: its data in every stage's key goes now.
-      await client.del(...keys.requestData(job.id));
       log.debug(
         { detections: response.predictions.length, batchSize: job.batchSize },
         'result sent',
