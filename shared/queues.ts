@@ -69,6 +69,27 @@ export async function enqueue<Q extends QueueName>(
   await queue.add(queue.name as never, data as never, { jobId: data.id });
 }
 
+/**
+ * Stores one image's data (`SET key value EX ttlSeconds`) and adds its job to `queue` in one
+ * round trip instead of two. Both go out on `redis`, the connection the queue was made with
+ * (createQueue), and Redis runs one connection's commands in order, so the job is never seen
+ * before its data; a Redis at its maxmemory refuses both (the SET, and the job's script at its
+ * first write).
+ *
+ * @param redis the connection `queue` was made with
+ * @throws the first error of either command
+ */
+export async function storeAndEnqueue<Q extends QueueName>(
+  redis: Redis,
+  key: string,
+  value: Buffer,
+  ttlSeconds: number,
+  queue: StageQueue<Q>,
+  data: JobPayloads[Q],
+): Promise<void> {
+  await Promise.all([redis.set(key, value, 'EX', ttlSeconds), enqueue(queue, data)]);
+}
+
 export interface StageWorkerOptions<Q extends QueueName> {
   queue: Q;
   /** Dedicated blocking connection for the worker. */

@@ -26,7 +26,7 @@ import type { Keys } from '../../shared/keys.js';
 import type { Logger } from '../../shared/logger.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
 import type { StageQueue } from '../../shared/queues.js';
-import { execMulti } from '../../shared/redis.js';
+import { execPipeline } from '../../shared/redis.js';
 import {
   parseJsonRequest,
   parseQueryRequest,
@@ -406,24 +406,27 @@ async function runPipeline(
   // An image can fail (and its wait reject) while the jobs are still being enqueued, before
   // anything awaits the waits: mark them handled now; Promise.all below still sees the error.
   for (const w of waits) w.catch(() => {});
-  const enqueued = (async () => {
-    const store = redis.multi();
-    parsed.images.forEach((img, i) => {
-      if (img.kind === 'bytes')
-        store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
-    });
-    await execMulti(store);
-    const byUrl = jobs.filter((j) => j.source.kind === 'url');
-    const stored = jobs.filter((j) => j.source.kind === 'stored');
-    if (byUrl.length > 0)
-      await deps.fetchQueue.addBulk(
+  // One round trip: the images and their jobs go out together on the one connection the queues
+  // share, and Redis runs its commands in order, so no job is seen before its image. A Redis at
+  // its maxmemory refuses the SET and the job's script alike.
+  const store = redis.pipeline();
+  parsed.images.forEach((img, i) => {
+    if (img.kind === 'bytes')
+      store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
+  });
+  const byUrl = jobs.filter((j) => j.source.kind === 'url');
+  const stored = jobs.filter((j) => j.source.kind === 'stored');
+  const enqueued = Promise.all([
+    execPipeline(store),
+    byUrl.length > 0 &&
+      deps.fetchQueue.addBulk(
         byUrl.map((data) => ({ name: 'fetch', data, opts: { jobId: data.id } })),
-      );
-    if (stored.length > 0)
-      await deps.preQueue.addBulk(
+      ),
+    stored.length > 0 &&
+      deps.preQueue.addBulk(
         stored.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
-      );
-  })();
+      ),
+  ]);
   const gone = new Promise<never>((_, reject) => {
     const onAbort = () =>
       reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));

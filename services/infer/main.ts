@@ -9,7 +9,7 @@ import {
 } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { modelsPayload } from '../../shared/model-directory.js';
-import { createQueue, enqueue } from '../../shared/queues.js';
+import { createQueue, storeAndEnqueue } from '../../shared/queues.js';
 import { cleanupWithRedis, closeRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { parseJson } from '../../shared/validation.js';
@@ -144,18 +144,19 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
         );
       const result = await scheduler.submit({ job, pixels });
       // The pixels stay until `post` finishes the image, so a retry after a crash finds them.
-      await client.set(
+      await storeAndEnqueue(
+        client,
         keys.candidates(job.id),
         encodeCandidates(result.candidates),
-        'EX',
         config.dataTtlSeconds,
+        postQueue,
+        {
+          ...contextOf(job),
+          marks: { ...job.marks, inferStart: result.inferStart, inferEnd: result.inferEnd },
+          letterbox: job.letterbox,
+          batchSize: result.batchSize,
+        },
       );
-      await enqueue(postQueue, {
-        ...contextOf(job),
-        marks: { ...job.marks, inferStart: result.inferStart, inferEnd: result.inferEnd },
-        letterbox: job.letterbox,
-        batchSize: result.batchSize,
-      });
       jobLog.debug(
         { batchSize: result.batchSize, candidates: result.candidates.length / CANDIDATE_STRIDE },
         'inferred',

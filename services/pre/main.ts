@@ -1,7 +1,7 @@
 import sharp from 'sharp';
 import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
-import { createQueue, enqueue } from '../../shared/queues.js';
+import { createQueue, enqueue, storeAndEnqueue } from '../../shared/queues.js';
 import { cleanupWithRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { fetchImage, loadStoredImage } from './image-source.js';
@@ -44,9 +44,19 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
       );
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.
-      await client.set(keys.pixels(job.id), pixels, 'EX', config.dataTtlSeconds);
       const marks = { ...job.marks, preStart, preEnd: nowMs() };
-      await enqueue(inferQueue, { ...contextOf(job), marks, letterbox });
+      await storeAndEnqueue(
+        client,
+        keys.pixels(job.id),
+        pixels,
+        config.dataTtlSeconds,
+        inferQueue,
+        {
+          ...contextOf(job),
+          marks,
+          letterbox,
+        },
+      );
       log.debug(
         { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
         'preprocessed',
@@ -64,8 +74,17 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
           const started = performance.now();
           const bytes = await fetchImage(job.source.url, job.deadline, config.pre.fetch.policy);
           // Stored as an upload is: `pre` decodes it, `post` draws on it, cleanup is the same.
-          await client.set(keys.image(job.id), bytes, 'EX', config.dataTtlSeconds);
-          await enqueue(preQueue, { ...job, source: { kind: 'stored' } });
+          await storeAndEnqueue(
+            client,
+            keys.image(job.id),
+            bytes,
+            config.dataTtlSeconds,
+            preQueue,
+            {
+              ...job,
+              source: { kind: 'stored' },
+            },
+          );
           log.debug({ ms: performance.now() - started, bytes: bytes.length }, 'fetched');
         },
       },
