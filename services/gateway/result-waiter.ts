@@ -11,7 +11,7 @@ import { parseJson } from '../../shared/validation.js';
 
 /**
  * Waits for results on this gateway instance's reply list (see shared/reply.ts). One loop pops
- * the list with a blocking BRPOP on a dedicated connection and settles the matching request;
+ * the list with a blocking BLMPOP on a dedicated connection and settles the matching request;
  * every wait also has a timer that ends it with DEADLINE_EXCEEDED at the request's deadline, so
  * no request waits forever whatever happens downstream.
  */
@@ -40,7 +40,7 @@ export class ResultWaiter {
   private running: Promise<void> | undefined;
   private closed = false;
   /**
-   * Settles when close() is called: a BRPOP queued on a connection to a Redis that is gone
+   * Settles when close() is called: a BLMPOP queued on a connection to a Redis that is gone
    * never settles, so the loop races its commands with this.
    */
   private readonly stopped: Promise<null>;
@@ -151,15 +151,14 @@ export class ResultWaiter {
   private async loop(): Promise<void> {
     while (!this.closed) {
       try {
-        const popped = await Promise.race([this.connection.brpop(this.listKey, 1), this.stopped]);
-        if (!popped) continue;
-        this.settle(popped[1]);
-        // Drain whatever else arrived without another blocking round trip per message.
-        const more = await Promise.race([
-          this.connection.rpop(this.listKey, DRAIN_BATCH),
+        // One command per wake-up: BLMPOP (Redis 7) blocks like BRPOP but takes up to
+        // DRAIN_BATCH messages at once, so a burst costs no further round trip per message and
+        // a lone result no draining RPOP that finds nothing.
+        const popped = await Promise.race([
+          this.connection.blmpop(1, 1, this.listKey, 'RIGHT', 'COUNT', DRAIN_BATCH),
           this.stopped,
         ]);
-        for (const raw of more ?? []) this.settle(raw);
+        for (const raw of popped?.[1] ?? []) this.settle(raw);
       } catch (err) {
         if (this.closed) break;
         this.log.warn({ err }, 'reading results failed; retrying');
