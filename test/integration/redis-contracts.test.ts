@@ -52,18 +52,20 @@ describe('parsing at the Redis boundary', () => {
       const good = randomUUID();
       const badWait = waiter.wait(bad, inAWhile());
       const goodWait = waiter.wait(good, inAWhile());
+      // Watched before the pushes: one pop may take both messages and end the wait at once.
+      const badRejected = assert.rejects(badWait, (err: unknown) => {
+        assert.ok(err instanceof PipelineError);
+        assert.equal(err.code, ErrorCode.INTERNAL);
+        assert.match(err.message, /malformed: .*predictions/);
+        return true;
+      });
       await redis.client.lpush(list, 'not json at all');
       // The shape of a success, with a response missing most of its fields.
       await redis.client.lpush(
         list,
         JSON.stringify({ id: bad, ok: true, response: { inference_id: bad }, marks: {} }),
       );
-      await assert.rejects(badWait, (err: unknown) => {
-        assert.ok(err instanceof PipelineError);
-        assert.equal(err.code, ErrorCode.INTERNAL);
-        assert.match(err.message, /malformed: .*predictions/);
-        return true;
-      });
+      await badRejected;
       const response = {
         inference_id: good,
         time: 0.01,
