@@ -193,6 +193,10 @@ export function createStageWorker<Q extends QueueName>(
       lockDuration: opts.lockDurationMs,
       stalledInterval: Math.max(500, Math.floor(opts.lockDurationMs / 2)),
       maxStalledCount: 2,
+      // An idle worker's blocking wait (BZPOPMIN on the queue's marker, followed by a fetch
+      // attempt when it times out) lasts BullMQ's longest, 10 s, rather than 5: a new job
+      // wakes the worker at once whatever this is, so only the idle polling halves.
+      drainDelay: 10,
     },
   );
   // While Redis is unreachable every poll fails: the connection's own listener reports the
