@@ -36,6 +36,16 @@ export const WAITING_STATES = ['waiting', 'prioritized', 'delayed'] as const;
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
 
 /**
+ * Length of each queue's BullMQ events stream (`<prefix>:<queue>:events`, approximate: Redis
+ * trims whole stream nodes). Every BullMQ script appends to it (added, active, completed …), but
+ * nothing in this pipeline reads it (no QueueEvents; the dashboard reads the job lists): at
+ * BullMQ's default of 10,000 the three streams held about 3 MB, most of an idle Redis.
+ *
+ * @defaultValue 100
+ */
+export const EVENTS_MAX_LEN = 100;
+
+/**
  * The queue `name` on `connection`, with the pipeline's job options (JOB_OPTIONS).
  *
  * @param log where the queue's errors go; connection errors, which the connection's own
@@ -52,6 +62,7 @@ export function createQueue<Q extends QueueName>(
     connection,
     prefix,
     defaultJobOptions: JOB_OPTIONS,
+    streams: { events: { maxLen: EVENTS_MAX_LEN } },
   });
   queue.on('error', (err: Error) => {
     if (connection.status === 'ready') log?.warn({ err, queue: name }, 'queue error');
