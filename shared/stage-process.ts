@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { loadConfigOrExit, type Config } from './config.js';
 import type { QueueName } from './contracts.js';
+import { tuneGarbageCollection } from './gc-tuning.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 import { Keys } from './keys.js';
 import { closeInOrder, exitOnStartupError, installLifecycle, supervisorPid } from './lifecycle.js';
@@ -60,6 +61,7 @@ export function runStage<Q extends QueueName>(
   queue: Q,
   setup: (ctx: StageContext) => StageDefinition<Q> | Promise<StageDefinition<Q>>,
 ): void {
+  tuneGarbageCollection();
   const config = loadConfigOrExit();
   const log = createLogger(queue, config.logLevel);
   // First thing: a signal during a long model load is handled too. Under `npm start` the role

@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { QueueName } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { tuneGarbageCollection } from '../../shared/gc-tuning.js';
 import { Keys } from '../../shared/keys.js';
 import {
   closeInOrder,
@@ -27,6 +28,7 @@ import { buildServer } from './server.js';
  * becomes a cluster primary that runs that many gateway processes sharing the port (each with
  * its own reply list), and restarts any that dies, with the supervisor's backoff and crash cap.
  */
+tuneGarbageCollection();
 const config = loadConfigOrExit();
 const log = createLogger('gateway', config.logLevel);
 // Under `npm start` (or the cluster primary) the parent is watched: a gateway left alone stops.
