@@ -1,3 +1,5 @@
+import { AsyncRequests } from '../../shared/async-requests.js';
+import { ResultSink } from '../../shared/reply.js';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -129,7 +131,13 @@ describe('parsing at the Redis boundary', () => {
       keys,
       concurrency: 1,
       logger: log,
-      replyTtlSeconds: 60,
+      results: new ResultSink(
+        redis.client,
+        keys,
+        60,
+        new AsyncRequests(redis.client, keys, 60),
+        () => Promise.resolve(),
+      ),
       lockDurationMs: 5000,
       metrics: new StageMetrics(createRegistry('pre')),
       process: () => {
