@@ -75,7 +75,9 @@ export class AsyncCompletion {
       message: 'no result arrived before the request deadline',
     });
     // Whatever the stages still hold of its images is not needed any more.
-    await this.opts.client.del(...record.meta.images.flatMap((id) => this.opts.keys.requestData(id)));
+    await this.opts.client.del(
+      ...record.meta.images.flatMap((id) => this.opts.keys.requestData(id)),
+    );
     if (outcome.kind === 'finished') await this.finished(requestId, outcome.failed);
   }
 

@@ -95,9 +95,12 @@ export class AsyncRequests {
    *   not wanted any more
    */
   async markStarted(requestId: string): Promise<boolean> {
-    const n = await runScript(this.redis, MARK_STARTED, [this.keys.asyncRecord(requestId)], [
-      String(Date.now()),
-    ]);
+    const n = await runScript(
+      this.redis,
+      MARK_STARTED,
+      [this.keys.asyncRecord(requestId)],
+      [String(Date.now())],
+    );
     return Number(n) === 1;
   }
 
@@ -159,7 +162,7 @@ export class AsyncRequests {
     const meta = parseJson(AsyncMetaSchema, fields['meta']);
     if (!meta.ok) throw new Error(`malformed async record ${key}: ${meta.problems.join('; ')}`);
     const messages = new Map<string, ResultMessage>();
-    for (const [id, raw] of Object.entries(results as Record<string, string>)) {
+    for (const [id, raw] of Object.entries(results)) {
       const parsed = parseJson(ResultMessageSchema, raw);
       if (!parsed.ok)
         throw new Error(`malformed async result ${id} of ${key}: ${parsed.problems.join('; ')}`);
@@ -178,10 +181,12 @@ export class AsyncRequests {
 
   /** Records the webhook's delivery state; nothing when the record is gone. */
   async setWebhook(requestId: string, state: WebhookState): Promise<void> {
-    await runScript(this.redis, SET_IF_EXISTS, [this.keys.asyncRecord(requestId)], [
-      'webhook',
-      state,
-    ]);
+    await runScript(
+      this.redis,
+      SET_IF_EXISTS,
+      [this.keys.asyncRecord(requestId)],
+      ['webhook', state],
+    );
   }
 
   /**
@@ -252,7 +257,12 @@ export function statusDocument(
       };
     }
     if (!message.ok)
-      return { ...finished, status: 'failed', images_done: meta.images.length, error: message.error };
+      return {
+        ...finished,
+        status: 'failed',
+        images_done: meta.images.length,
+        error: message.error,
+      };
     responses.push(message.response);
   }
   return {

@@ -105,7 +105,7 @@ export const EnvSchema = z.object({
    * fail with IMAGE_FETCH_FAILED, so a trickling host frees its download slots early.
    */
   URL_FETCH_MIN_BYTES_PER_S: int(4096, 0),
-  /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
+  /** Let image URLs reach loopback, private and link-local addresses (off: see shared/url-guard.ts). */
   ALLOW_PRIVATE_URLS: z.stringbool().default(false),
   /** API keys, comma-separated; with API_KEYS_FILE (one per line). None: the API is open. */
   API_KEYS: z.string().optional(),

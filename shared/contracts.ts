@@ -225,13 +225,19 @@ export const AsyncStatusSchema = z.object({
   created_at: z.iso.datetime().describe('When the request arrived (ISO 8601, UTC).'),
   completed_at: z.iso.datetime().optional().describe('When it finished (completed or failed).'),
   images_total: z.number().int().min(1),
-  images_done: z.number().int().min(0).describe('Images finished so far, with a result or an error.'),
+  images_done: z
+    .number()
+    .int()
+    .min(0)
+    .describe('Images finished so far, with a result or an error.'),
   result: z
     .union([DetectionResponseSchema, z.array(DetectionResponseSchema)])
     .optional()
-    .describe('When completed: exactly the body the synchronous route answers (one response or a list).'),
+    .describe(
+      'When completed: exactly the body the synchronous route answers (one response or a list).',
+    ),
   error: ErrorBodySchema.optional().describe(
-    'When failed: the error of the first image (in the request\'s order) that failed.',
+    "When failed: the error of the first image (in the request's order) that failed.",
   ),
 });
 export type AsyncStatus = z.infer<typeof AsyncStatusSchema>;

@@ -1,3 +1,4 @@
+import { asyncRequestOf } from '../../shared/async-requests.js';
 import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
 import {
   ModelCommandSchema,
@@ -7,6 +8,7 @@ import {
   type InferJob,
   type ModelDescription,
 } from '../../shared/contracts.js';
+import { dataTtlSeconds } from '../../shared/deadline.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { modelsPayload } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
@@ -63,6 +65,8 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     laneOf: (item) => item.job.modelId,
     maxBatchOf: (modelId) => pool.maxBatchOf(modelId),
     deadlineOf: (item) => item.job.deadline,
+    // Synchronous images (someone waits) go into the next batch ahead of asynchronous ones.
+    priorityOf: (item) => (asyncRequestOf(item.job.replyTo) === undefined ? 0 : 1),
     expiredError: () =>
       new PipelineError(
         ErrorCode.DEADLINE_EXCEEDED,
@@ -146,7 +150,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
         keys.candidates(job.id),
         encodeCandidates(result.candidates),
         'EX',
-        config.dataTtlSeconds,
+        dataTtlSeconds(job.deadline, config.dataTtlSeconds),
       );
       await enqueue(postQueue, {
         ...contextOf(job),
