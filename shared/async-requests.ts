@@ -154,9 +154,10 @@ export class AsyncRequests {
    */
   async read(requestId: string, withResults = true): Promise<AsyncRecord | undefined> {
     const key = this.keys.asyncRecord(requestId);
+    const none: Record<string, string> = {};
     const [fields, results] = await Promise.all([
       this.redis.hgetall(key),
-      withResults ? this.redis.hgetall(this.keys.asyncResults(requestId)) : Promise.resolve({}),
+      withResults ? this.redis.hgetall(this.keys.asyncResults(requestId)) : Promise.resolve(none),
     ]);
     if (fields['meta'] === undefined) return undefined;
     const meta = parseJson(AsyncMetaSchema, fields['meta']);
