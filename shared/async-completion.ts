@@ -38,11 +38,18 @@ export class AsyncCompletion {
   /** Where every stage sends a finished image's result or error. */
   readonly results: ResultSink;
   private readonly webhookQueue: AsyncQueue;
+  private readonly deadlineQueue: AsyncQueue;
 
   constructor(private readonly opts: AsyncCompletionOptions) {
     this.records = new AsyncRequests(opts.client, opts.keys, opts.resultTtlSeconds);
     this.webhookQueue = createAsyncQueue(
       AsyncQueueName.webhook,
+      opts.client,
+      opts.keys.prefix,
+      opts.log,
+    );
+    this.deadlineQueue = createAsyncQueue(
+      AsyncQueueName.deadline,
       opts.client,
       opts.keys.prefix,
       opts.log,
@@ -81,16 +88,23 @@ export class AsyncCompletion {
     if (outcome.kind === 'finished') await this.finished(requestId, outcome.failed);
   }
 
-  /** Closes the webhook queue. Idempotent (BullMQ's close is). */
+  /** Closes the queues. Idempotent (BullMQ's close is). */
   async close(): Promise<void> {
-    await this.webhookQueue.close();
+    await Promise.all([this.webhookQueue.close(), this.deadlineQueue.close()]);
   }
 
+  /**
+   * Counts a request that just finished, enqueues its webhook, and removes its deadline job,
+   * which has nothing left to do (until then it stays: should this process die before the
+   * webhook is enqueued, the deadline job enqueues it).
+   */
   private async finished(requestId: string, failed: boolean): Promise<void> {
     this.opts.finished.inc({ status: failed ? 'failed' : 'completed' });
     this.opts.log.debug({ request_id: requestId, failed }, 'asynchronous request finished');
     const record = await this.records.read(requestId, false);
     if (record?.meta.webhookUrl !== undefined) await this.enqueueWebhook(requestId);
+    // 0 (nothing removed) when it is the deadline job itself that finished the request.
+    await this.deadlineQueue.remove(requestId);
   }
 
   private async enqueueWebhook(requestId: string): Promise<void> {
