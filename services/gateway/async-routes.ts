@@ -170,7 +170,11 @@ export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps):
     { schema: asyncStatusRouteSchema, ...deps.needsKey },
     async (req) => {
       const id = idParam(req);
-      const record = UUID.test(id) ? await bounded(records.read(id)) : undefined;
+      // The results (up to ASYNC_MAX_IMAGES responses) are read and parsed only once the
+      // document shows them: polling a running request costs one small HGETALL.
+      let record = UUID.test(id) ? await bounded(records.read(id, false)) : undefined;
+      if (record && (record.completedAt !== undefined || Date.now() > record.meta.deadline))
+        record = await bounded(records.read(id));
       if (!record) throw unknown(id);
       return statusDocument(id, record);
     },

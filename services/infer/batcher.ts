@@ -23,8 +23,10 @@
  *
  * Within a lane, items of a more urgent class (`priorityOf`: synchronous requests' images
  * before asynchronous ones) join the queue ahead of less urgent ones, in arrival order within
- * a class: an urgent image that arrives while a long background list waits goes into the next
- * batch, so it waits for at most the batch already running.
+ * a class, and a batch holds items of one class only: an urgent image that arrives while a long
+ * background list waits goes into the next batch, with the other urgent images only, so it
+ * waits for the batch already running but does not pay for a batch filled with background
+ * images (on a CPU a batch costs about its size times one image).
  */
 export interface SchedulerOptions<I, O> {
   maxDelayMs: number;
@@ -174,7 +176,14 @@ export class BatchScheduler<I, O> {
     const maxBatch = this.opts.maxBatchOf(lane.id);
     const now = Date.now();
     const batch: Waiting<I, O>[] = [];
-    while (batch.length < maxBatch && lane.queue.length > 0) {
+    // One class per batch (the queue is ordered by class): an urgent image runs with the urgent
+    // images waiting, not in a batch filled up with background ones.
+    const priority = lane.queue[0]?.priority;
+    while (
+      batch.length < maxBatch &&
+      lane.queue.length > 0 &&
+      lane.queue[0]!.priority === priority
+    ) {
       const w = lane.queue.shift()!;
       if (this.opts.deadlineOf(w.item) < now) w.reject(this.opts.expiredError(w.item));
       else batch.push(w);
