@@ -17,6 +17,13 @@ export const QueueName = {
   fetch: 'fetch',
   pre: 'pre',
   infer: 'infer',
+  /**
+   * Asynchronous requests' images for the inference process, which serves both queues: kept
+   * apart from `infer` so that they never hold the inference worker's job slots (each held until
+   * its batch has run) that synchronous images need. The stages before and after share one
+   * queue for both, synchronous jobs going first (BullMQ priority; see shared/queues.ts).
+   */
+  inferAsync: 'infer-async',
   post: 'post',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
@@ -116,6 +123,7 @@ export const JobPayloadSchemas = {
   fetch: PreJobSchema,
   pre: PreJobSchema,
   infer: InferJobSchema,
+  'infer-async': InferJobSchema,
   post: PostJobSchema,
 } as const satisfies Record<QueueName, z.ZodType>;
 

@@ -67,9 +67,10 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
   );
   // The gateway also reports the depth of every queue; the worker roles report only their own.
   const inferQueue = createQueue(QueueName.infer, redis, keys.prefix, log);
+  const inferAsyncQueue = createQueue(QueueName.inferAsync, redis, keys.prefix, log);
   const postQueue = createQueue(QueueName.post, redis, keys.prefix, log);
   const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix, log);
-  const stageQueues = [fetchQueue, preQueue, inferQueue, postQueue];
+  const stageQueues = [fetchQueue, preQueue, inferQueue, inferAsyncQueue, postQueue];
   const deadlineQueue = createAsyncQueue(AsyncQueueName.deadline, redis, keys.prefix, log);
   const webhookQueue = createAsyncQueue(AsyncQueueName.webhook, redis, keys.prefix, log);
   const queues = [...stageQueues, deadlineQueue, webhookQueue];

@@ -2,6 +2,7 @@ import sharp from 'sharp';
 import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue } from '../../shared/queues.js';
+import { asyncRequestOf } from '../../shared/async-requests.js';
 import { webhookSecret } from '../../shared/config.js';
 import { dataTtlSeconds } from '../../shared/deadline.js';
 import { cleanupWithRedis, createRedis } from '../../shared/redis.js';
@@ -13,7 +14,8 @@ import { startAsyncWorkers } from './async-workers.js';
 /**
  * The `pre` stage: takes jobs from the `pre` queue, reads the image's bytes from Redis,
  * decodes, orients and letterboxes it with sharp to the model's input size, stores the uint8
- * pixels in Redis and enqueues the image on the `infer` queue.
+ * pixels in Redis and enqueues the image on the `infer` queue (an asynchronous request's on
+ * `infer-async`).
  *
  * The same process serves the `fetch` queue with a worker of its own: images given by URL are
  * downloaded there (URL_FETCH_CONCURRENCY at once, each within URL_FETCH_TIMEOUT_MS), stored
@@ -44,6 +46,7 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
     },
   });
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix, log);
+  const inferAsyncQueue = createQueue(QueueName.inferAsync, client, keys.prefix, log);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix, log);
   return {
     concurrency: config.pre.concurrency,
@@ -70,7 +73,9 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
         dataTtlSeconds(job.deadline, config.dataTtlSeconds),
       );
       const marks = { ...job.marks, preStart, preEnd: nowMs() };
-      await enqueue(inferQueue, { ...contextOf(job), marks, letterbox });
+      const next = { ...contextOf(job), marks, letterbox };
+      if (asyncRequestOf(job.replyTo) === undefined) await enqueue(inferQueue, next);
+      else await enqueue(inferAsyncQueue, next);
       log.debug(
         { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
         'preprocessed',
@@ -104,7 +109,9 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
       [
         'queues',
         () =>
-          cleanupWithRedis(client, () => Promise.all([inferQueue, preQueue].map((q) => q.close()))),
+          cleanupWithRedis(client, () =>
+            Promise.all([inferQueue, inferAsyncQueue, preQueue].map((q) => q.close())),
+          ),
       ],
     ],
   };
