@@ -184,15 +184,15 @@ export function createStageWorker<Q extends QueueName>(
       );
       if (job.attemptsStarted > 1) opts.metrics.retried.inc(stage);
       const requestId = asyncRequestOf(data.replyTo);
-      if (requestId !== undefined && opts.asyncRecords) {
-        if (!(await opts.asyncRecords.markStarted(requestId))) {
-          // Deleted (DELETE /async/<id>) or expired: nobody wants this image any more.
-          log.debug({ request_id: requestId }, 'asynchronous request gone; image dropped');
-          await client.del(...keys.requestData(data.id));
-          return;
-        }
-      }
       try {
+        if (requestId !== undefined && opts.asyncRecords) {
+          if (!(await opts.asyncRecords.markStarted(requestId))) {
+            // Deleted (DELETE /async/<id>) or expired: nobody wants this image any more.
+            log.debug({ request_id: requestId }, 'asynchronous request gone; image dropped');
+            await client.del(...keys.requestData(data.id));
+            return;
+          }
+        }
         if (Date.now() > data.deadline) {
           throw new PipelineError(
             ErrorCode.DEADLINE_EXCEEDED,
