@@ -19,7 +19,7 @@ import {
   asyncInferRouteSchema,
   asyncStatusRouteSchema,
 } from './openapi.js';
-import { invalidRequest } from './request.js';
+import { invalidRequest, WebhookUrlSchema } from './request.js';
 import {
   imageJobs,
   parseHttpRequest,
@@ -61,16 +61,7 @@ export function statusPath(requestId: string): string {
 }
 
 /** `webhook_url`, from the JSON body or, for multipart and raw bodies, the query string. */
-const WebhookSchema = z.looseObject({
-  webhook_url: z
-    .url({ protocol: /^https?$/, error: 'must be an http or https URL' })
-    .max(2048)
-    .optional()
-    .describe(
-      'POST the finished status document here, signed with WEBHOOK_SECRET (X-Signature-256).',
-    ),
-});
-export { WebhookSchema as AsyncOptionsSchema };
+const WebhookSchema = z.looseObject({ webhook_url: WebhookUrlSchema });
 
 /** Registers the three routes. */
 export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps): void {

@@ -8,7 +8,7 @@ import {
   DetectionResponseSchema,
 } from '../../shared/contracts.js';
 import { ErrorBodySchema } from '../../shared/errors.js';
-import { RequestBodyDocSchema } from './request.js';
+import { RequestBodyDocSchema, WebhookUrlSchema } from './request.js';
 import { SERVER_NAME, SERVER_VERSION } from './version.js';
 
 /**
@@ -60,14 +60,6 @@ export const inferRouteSchema = {
   },
 };
 
-/** `webhook_url` of the asynchronous route (services/gateway/async-routes.ts parses it so). */
-const WebhookUrlDoc = z
-  .url()
-  .optional()
-  .describe(
-    'POST the finished status document here (JSON, signed: X-Signature-256 = sha256=<hex HMAC-SHA256 of the body with WEBHOOK_SECRET>). With multipart and raw bodies, a query parameter. Refused (400) when the server has no WEBHOOK_SECRET.',
-  );
-
 const inferenceIdParams = openApiSchema(
   z.object({
     inference_id: z.string().describe('The id POST /async/infer/object_detection answered.'),
@@ -79,8 +71,8 @@ export const asyncInferRouteSchema = {
   summary: 'Submit one image or a list for detection, answered later',
   description:
     'Takes every body POST /infer/object_detection takes (JSON, multipart, raw image), plus webhook_url, and answers 202 as soon as the images are stored and enqueued, with a Location header naming the status URL. Synchronous requests keep priority over asynchronous ones in every queue.',
-  body: openApiSchema(RequestBodyDocSchema.extend({ webhook_url: WebhookUrlDoc }), 'input'),
-  querystring: openApiSchema(z.object({ webhook_url: WebhookUrlDoc }), 'input'),
+  body: openApiSchema(RequestBodyDocSchema.extend({ webhook_url: WebhookUrlSchema }), 'input'),
+  querystring: openApiSchema(z.object({ webhook_url: WebhookUrlSchema }), 'input'),
   response: {
     202: openApiSchema(AsyncAcceptedSchema),
     ...errorResponses(400, 404, 413, 415, 429, 500, 503, 504),
