@@ -81,7 +81,7 @@ async function requestKeys(stack: Stack): Promise<string[]> {
 interface Receiver {
   url: string;
   status: number;
-  deliveries: Array<{ headers: IncomingHttpHeaders; body: string; at: number }>;
+  deliveries: Array<{ url: string; headers: IncomingHttpHeaders; body: string; at: number }>;
 }
 
 function receiver(): Receiver {
@@ -93,6 +93,7 @@ function receiver(): Receiver {
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
         handle.deliveries.push({
+          url: req.url ?? '',
           headers: req.headers,
           body: Buffer.concat(chunks).toString('utf8'),
           at: Date.now(),
@@ -240,11 +241,21 @@ describe('asynchronous requests on a whole stack', () => {
     const res = await submit(stack, { image: b64(image), webhook_url: `${hook.url}/done?x=1` });
     assert.equal(res.status, 202, JSON.stringify(res.body));
     const id = res.body.inference_id;
+    // A multipart body gives its webhook_url in the query string.
+    const form = new FormData();
+    form.append('file', new Blob([image], { type: 'image/png' }), 'scene.png');
+    const hookUrl = encodeURIComponent(`${hook.url}/multipart`);
+    const multipart = await fetch(
+      `${stack.url}/async/infer/object_detection?webhook_url=${hookUrl}`,
+      { method: 'POST', body: form },
+    );
+    assert.equal(multipart.status, 202);
+    const multipartId = ((await multipart.json()) as { inference_id: string }).inference_id;
     const until = Date.now() + 15_000;
-    while (hook.deliveries.length === 0 && Date.now() < until) await sleep(50);
-    await sleep(1500); // a second delivery would come now
-    assert.equal(hook.deliveries.length, 1);
-    const d = hook.deliveries[0]!;
+    while (hook.deliveries.length < 2 && Date.now() < until) await sleep(50);
+    await sleep(1500); // a second delivery of either would come now
+    assert.equal(hook.deliveries.length, 2, 'one delivery per request');
+    const d = hook.deliveries.find((x) => x.url === '/done?x=1')!;
     assert.equal(d.headers['content-type'], 'application/json');
     assert.equal(d.headers['x-inference-id'], id);
     const expected = `sha256=${createHmac('sha256', SECRET).update(d.body).digest('hex')}`;
@@ -254,6 +265,12 @@ describe('asynchronous requests on a whole stack', () => {
     assertShapes((body.result as DetectionResponse).predictions, SCENE);
     // The result stays available by polling, and is the same document.
     assert.deepEqual((await getStatus(stack, id)).body, body);
+    const other = hook.deliveries.find((x) => x.url === '/multipart')!;
+    assert.equal(other.headers['x-inference-id'], multipartId);
+    assertShapes(
+      (JSON.parse(other.body) as { result: DetectionResponse }).result.predictions,
+      SCENE,
+    );
   });
 
   test('a webhook answered 500 is retried with backoff, ASYNC_WEBHOOK_ATTEMPTS times', async () => {
