@@ -125,13 +125,15 @@ export class AsyncRequests {
 
   /**
    * Finishes a request at its deadline: every image without a result gets `error`
-   * (DEADLINE_EXCEEDED), the request is finished and its record expires after the result TTL.
+   * (DEADLINE_EXCEEDED), the request is finished (`completed_at` its deadline) and its record
+   * expires after the result TTL.
    *
    * @returns the finished outcome when this call finished it; `dropped` when it was already
    *   finished or is gone
    */
   async expire(requestId: string, meta: AsyncMeta, error: ErrorBody): Promise<RecordOutcome> {
-    const args = [String(Date.now()), String(this.resultTtlSeconds)];
+    // It failed at its deadline (the status document says so from then on, statusDocument).
+    const args = [String(meta.deadline), String(this.resultTtlSeconds)];
     for (const id of meta.images)
       args.push(id, JSON.stringify({ id, ok: false, error } satisfies ResultMessage));
     const reply = await runScript(

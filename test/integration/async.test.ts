@@ -473,6 +473,7 @@ describe('asynchronous requests while nothing runs them yet', () => {
     const completed = await getStatus(stack, id);
     assert.equal(completed.body.status, 'failed');
     assert.equal(completed.body.error?.code, 'DEADLINE_EXCEEDED');
+    assert.equal(completed.body.completed_at, overdue.body.completed_at, 'failed at its deadline');
     const until = Date.now() + 15_000;
     while ((await requestKeys(stack)).length > 0 && Date.now() < until) await sleep(200);
     assert.deepEqual(await requestKeys(stack), []);
