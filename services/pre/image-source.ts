@@ -231,7 +231,7 @@ export function guardedLookup(
 function addressRefused(host: string): PipelineError {
   return new PipelineError(
     ErrorCode.IMAGE_FETCH_FAILED,
-    `${host} is (or resolves to) a private, loopback or link-local address, or another that is not a public internet address, which image URLs may not reach`,
+    `${host} is (or resolves to) a private, loopback or link-local address, or another that is not a public internet address, which image and webhook URLs may not reach`,
     { addressRefused: true },
   );
 }

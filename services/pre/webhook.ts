@@ -34,7 +34,7 @@ export function webhookSignature(body: string, secret: string): string {
  * @throws PipelineError IMAGE_FETCH_FAILED with isAddressRefusal() for an address the policy
  *   refuses (no connection is made); Error for a network failure or a timeout
  */
-export function postWebhook(
+export async function postWebhook(
   url: string,
   body: string,
   headers: { inferenceId: string; signature: string },
@@ -54,7 +54,7 @@ export function postWebhook(
       'x-signature-256': headers.signature,
     },
   };
-  return new Promise<number>((resolve, reject) => {
+  return await new Promise<number>((resolve, reject) => {
     const req = (target.protocol === 'https:' ? httpsRequest : httpRequest)(
       target,
       options,

@@ -5,7 +5,10 @@ import { BatchScheduler } from '../../services/infer/batcher.js';
 import { parseWebhookUrl } from '../../services/gateway/async-routes.js';
 import { Admission } from '../../services/gateway/admission.js';
 import type { StoreState } from '../../services/gateway/store-monitor.js';
-import { webhookSignature } from '../../services/pre/webhook.js';
+import { postWebhook, webhookSignature } from '../../services/pre/webhook.js';
+import { isAddressRefusal } from '../../services/pre/image-source.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import {
   asyncReplyTo,
   asyncRequestOf,
@@ -147,6 +150,43 @@ describe('webhook_url at submit', () => {
       webhookSignature(body, 'k'),
       `sha256=${createHmac('sha256', 'k').update(body).digest('hex')}`,
     );
+  });
+
+  test('a delivery to a private address is refused before any connection', async () => {
+    const seen: Array<{ headers: Record<string, unknown>; body: string }> = [];
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        seen.push({ headers: req.headers, body });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const policy = { allowPrivate: false, connectTimeoutMs: 1000, totalTimeoutMs: 2000 };
+    const headers = { inferenceId: 'r1', signature: 'sha256=00' };
+    try {
+      for (const url of [`http://127.0.0.1:${port}/`, `http://localhost:${port}/`]) {
+        await assert.rejects(postWebhook(url, '{}', headers, policy), (err: unknown) => {
+          assert.ok(isAddressRefusal(err), String(err));
+          return true;
+        });
+      }
+      assert.equal(seen.length, 0, 'nothing reached the receiver');
+      const status = await postWebhook(`http://127.0.0.1:${port}/`, '{"a":1}', headers, {
+        ...policy,
+        allowPrivate: true,
+      });
+      assert.equal(status, 204);
+      assert.equal(seen.length, 1);
+      assert.equal(seen[0]!.body, '{"a":1}');
+      assert.equal(seen[0]!.headers['x-inference-id'], 'r1');
+      assert.equal(seen[0]!.headers['x-signature-256'], 'sha256=00');
+      assert.equal(seen[0]!.headers['content-type'], 'application/json');
+    } finally {
+      server.close();
+    }
   });
 
   test('WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, not both', () => {
