@@ -83,6 +83,8 @@ function asyncBackground(): { stop: () => Promise<number> } {
       }
     }
   })();
+  // Its failure is reported by stop(), not as an unhandled rejection meanwhile.
+  loop.catch(() => {});
   return {
     stop: async () => {
       running = false;
@@ -96,6 +98,8 @@ async function measure(c: number, withAsync: boolean): Promise<Window> {
   const background = withAsync ? asyncBackground() : undefined;
   let before: Sample[] = [];
   let after: Sample[] = [];
+  let opened: Promise<unknown> = Promise.resolve();
+  let closed: Promise<unknown> = Promise.resolve();
   const step = await runLoad(
     system.url,
     bodies,
@@ -103,13 +107,17 @@ async function measure(c: number, withAsync: boolean): Promise<Window> {
     {
       warmupSeconds,
       seconds,
-      onOpen: () => void scrape(system.metricsUrls).then((s) => (before = s)),
-      onClose: () => void scrape(system.metricsUrls).then((s) => (after = s)),
+      onOpen: () => {
+        opened = scrape(system.metricsUrls).then((s) => (before = s));
+      },
+      onClose: () => {
+        closed = scrape(system.metricsUrls).then((s) => (after = s));
+      },
     },
     `${withAsync ? 'with async' : 'alone     '} c=${c}`,
   );
   const asyncImages = (await background?.stop()) ?? 0;
-  await new Promise((r) => setTimeout(r, 500));
+  await Promise.all([opened, closed]);
   const run = histogramMean(before, after, 'sd_inference_run_seconds');
   const size = histogramMean(before, after, 'sd_inference_batch_size');
   return {
@@ -121,6 +129,17 @@ async function measure(c: number, withAsync: boolean): Promise<Window> {
 }
 
 try {
+  await main();
+} catch (err) {
+  process.stderr.write(
+    `async interference failed: ${err instanceof Error ? err.stack : String(err)}\n`,
+  );
+  process.exitCode = 1;
+} finally {
+  await system.stop();
+}
+
+async function main(): Promise<void> {
   const rows: string[] = [];
   for (const c of connections) {
     const alone = await measure(c, false);
@@ -150,6 +169,4 @@ try {
       'c\tsync/s\tp50\tp99\tsync/s+async\tp50\tp99\tp99 added (ms)\tbatch (ms)\tbatch size\tasync images done\twithin one batch\n' +
       `${rows.join('\n')}\n`,
   );
-} finally {
-  await system.stop();
 }
