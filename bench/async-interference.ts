@@ -56,13 +56,25 @@ interface Window {
 /** How often the background client polls its list's status, ms. */
 const POLL_MS = 500;
 
+/**
+ * fetch, tried once more when the connection fails (a kept-alive connection the server closed
+ * just as it was reused).
+ */
+async function fetchRetried(url: string, init?: RequestInit): Promise<Response> {
+  try {
+    return await fetch(url, init);
+  } catch {
+    return fetch(url, init);
+  }
+}
+
 /** Submits lists one after the other until stopped; counts the images finished. */
 function asyncBackground(): { stop: () => Promise<number> } {
   let running = true;
   let done = 0;
   const loop = (async () => {
     while (running) {
-      const res = await fetch(`${system.url}/async/infer/object_detection`, {
+      const res = await fetchRetried(`${system.url}/async/infer/object_detection`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: listBody,
@@ -71,7 +83,7 @@ function asyncBackground(): { stop: () => Promise<number> } {
         throw new Error(`async submit: HTTP ${res.status} ${await res.text()}`);
       const { status_url } = (await res.json()) as { status_url: string };
       for (;;) {
-        const status = (await (await fetch(`${system.url}${status_url}`)).json()) as {
+        const status = (await (await fetchRetried(`${system.url}${status_url}`)).json()) as {
           status: string;
           images_done: number;
         };
@@ -131,8 +143,10 @@ async function measure(c: number, withAsync: boolean): Promise<Window> {
 try {
   await main();
 } catch (err) {
+  const cause = err instanceof Error ? (err.cause as Error | undefined) : undefined;
   process.stderr.write(
-    `async interference failed: ${err instanceof Error ? err.stack : String(err)}\n`,
+    `async interference failed: ${err instanceof Error ? err.stack : String(err)}\n` +
+      (cause ? `caused by: ${cause.stack ?? String(cause)}\n` : ''),
   );
   process.exitCode = 1;
 } finally {
