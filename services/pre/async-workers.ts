@@ -144,7 +144,10 @@ export function startAsyncWorkers(opts: AsyncWorkersOptions): () => Promise<void
   let closing: Promise<void> | undefined;
   return () =>
     (closing ??= (async () => {
-      await Promise.all([deadlines.close(), webhooks.close()]).catch((err: unknown) =>
+      // As the stage workers: the running jobs are waited for, unless Redis is gone (they could
+      // not finish; other workers take them up once it is back).
+      const force = connections.some((c) => c.status !== 'ready');
+      await Promise.all([deadlines.close(force), webhooks.close(force)]).catch((err: unknown) =>
         log.warn({ err }, 'closing the asynchronous workers failed'),
       );
       for (const c of connections) c.disconnect();
