@@ -37,6 +37,7 @@ export const JOB_OPTIONS: JobsOptions = {
 export const WAITING_STATES = ['waiting', 'prioritized', 'delayed'] as const;
 
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
+/** A queue of asynchronous requests' deadlines or webhooks (createAsyncQueue). */
 export type AsyncQueue = Queue<AsyncJob, void, string>;
 
 /**
