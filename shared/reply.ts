@@ -1,21 +1,46 @@
 import type { Redis } from 'ioredis';
+import { asyncRequestOf, type AsyncRequests } from './async-requests.js';
 import { execMulti } from './redis.js';
 import type { Keys } from './keys.js';
 import type { ResultMessage } from './contracts.js';
 
 /**
- * Results travel to the waiting gateway instance through its own Redis list rather than
- * pub/sub: a list keeps the message if the gateway's connection blips, so a result cannot be
- * lost between stages. The list's TTL is refreshed on every push, so the list of a gateway that
- * died disappears by itself.
+ * Where a finished image's result goes: the one function every stage calls, for results and
+ * for the errors that end an image.
+ *
+ * - A synchronous image's result travels to the waiting gateway instance through its own Redis
+ *   list rather than pub/sub: a list keeps the message if the gateway's connection blips, so a
+ *   result cannot be lost between stages. The list's TTL is refreshed on every push, so the list
+ *   of a gateway that died disappears by itself.
+ * - An asynchronous image's (`replyTo` = `async:<request id>`) is stored in its request's record
+ *   (shared/async-requests.ts); the image that finishes its request hands it to `onFinished`
+ *   (the webhook, the metrics), exactly once per request.
  */
-export async function sendResult(
-  redis: Redis,
-  keys: Keys,
-  replyTo: string,
-  message: ResultMessage,
-  ttlSeconds: number,
-): Promise<void> {
-  const key = keys.replies(replyTo);
-  await execMulti(redis.multi().lpush(key, JSON.stringify(message)).expire(key, ttlSeconds));
+export class ResultSink {
+  /**
+   * @param replyTtlSeconds TTL of the reply lists
+   * @param onFinished called once when an image finished its asynchronous request; `failed`
+   *   when one of its images failed
+   */
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: Keys,
+    private readonly replyTtlSeconds: number,
+    private readonly records: AsyncRequests,
+    private readonly onFinished: (requestId: string, failed: boolean) => Promise<void>,
+  ) {}
+
+  /** Delivers one image's result message to whoever `replyTo` names. */
+  async send(replyTo: string, message: ResultMessage): Promise<void> {
+    const requestId = asyncRequestOf(replyTo);
+    if (requestId === undefined) {
+      const key = this.keys.replies(replyTo);
+      await execMulti(
+        this.redis.multi().lpush(key, JSON.stringify(message)).expire(key, this.replyTtlSeconds),
+      );
+      return;
+    }
+    const outcome = await this.records.record(requestId, message);
+    if (outcome.kind === 'finished') await this.onFinished(requestId, outcome.failed);
+  }
 }

@@ -4,10 +4,13 @@ import { withTimeout } from '../../shared/deadline.js';
 import type { Logger } from '../../shared/logger.js';
 import { WAITING_STATES } from '../../shared/queues.js';
 
+/** The states of WAITING_STATES that synchronous images wait in (all but `prioritized`). */
+const SYNC_WAITING_STATES = WAITING_STATES.filter((s) => s !== 'prioritized');
+
 /**
  * What admission needs to know about Redis, read in the background so no request waits for
  * it: whether Redis answers at all, how full its memory is, and the `pre` backlog. One read
- * (two commands) every READ_INTERVAL_MS per gateway process, whatever the request rate; a read
+ * (a few commands) every READ_INTERVAL_MS per gateway process, whatever the request rate; a read
  * that takes longer than READ_TIMEOUT_MS counts as no answer. Redis that stopped answering
  * (paused, stopped, gone) is seen within about READ_TIMEOUT_MS + READ_INTERVAL_MS.
  */
@@ -21,8 +24,17 @@ export interface StoreState {
   usedMemory: number;
   /** Redis `maxmemory`, bytes; 0 when Redis has no limit. */
   maxMemory: number;
-  /** Images waiting in the `pre` queue, in every state of work not yet started (WAITING_STATES). */
+  /**
+   * Images of synchronous requests waiting in the `pre` queue: its `waiting` and `delayed` jobs
+   * (the work ahead of a new synchronous image; asynchronous images, `prioritized`, wait behind
+   * it and are counted by asyncBacklog).
+   */
   backlog: number;
+  /**
+   * Images of asynchronous requests not yet started in their stage: the `prioritized` jobs of
+   * every stage queue (only asynchronous images have a priority; ASYNC_PRIORITY).
+   */
+  asyncBacklog: number;
   /** Epoch ms of the latest read that answered. */
   readAt: number;
 }
@@ -34,6 +46,7 @@ export class StoreMonitor {
     usedMemory: 0,
     maxMemory: 0,
     backlog: 0,
+    asyncBacklog: 0,
     readAt: Date.now(),
   };
   private readonly timer: NodeJS.Timeout;
@@ -43,10 +56,12 @@ export class StoreMonitor {
    * @param redis the gateway's command connection (a read queued behind a stuck command is
    *   exactly what a request would see)
    * @param preQueue the queue whose backlog admission limits
+   * @param stageQueues every stage queue (`fetch`, `pre`, `infer`, `post`), for asyncBacklog
    */
   constructor(
     private readonly redis: Redis,
     private readonly preQueue: Queue,
+    private readonly stageQueues: readonly Queue[],
     private readonly log: Logger,
   ) {
     this.timer = setInterval(() => void this.read(), READ_INTERVAL_MS);
@@ -68,10 +83,11 @@ export class StoreMonitor {
     if (this.reading) return;
     this.reading = true;
     try {
-      const [info, backlog] = await withTimeout(
+      const [info, backlog, ...prioritized] = await withTimeout(
         Promise.all([
           this.redis.info('memory'),
-          this.preQueue.getJobCountByTypes(...WAITING_STATES),
+          this.preQueue.getJobCountByTypes(...SYNC_WAITING_STATES),
+          ...this.stageQueues.map((q) => q.getJobCountByTypes('prioritized')),
         ]),
         READ_TIMEOUT_MS,
         () => new Error(`Redis did not answer within ${READ_TIMEOUT_MS} ms`),
@@ -81,6 +97,7 @@ export class StoreMonitor {
         usedMemory: infoField(info, 'used_memory'),
         maxMemory: infoField(info, 'maxmemory'),
         backlog,
+        asyncBacklog: prioritized.reduce((a, b) => a + b, 0),
         readAt: Date.now(),
       };
     } catch (err) {

@@ -1,3 +1,5 @@
+import { AsyncRequests } from '../../shared/async-requests.js';
+import { ResultSink } from '../../shared/reply.js';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -51,6 +53,8 @@ describe('parsing at the Redis boundary', () => {
       const bad = randomUUID();
       const good = randomUUID();
       const badWait = waiter.wait(bad, inAWhile());
+      // Settled as soon as the message arrives, maybe before assert.rejects below looks at it.
+      badWait.catch(() => {});
       const goodWait = waiter.wait(good, inAWhile());
       await redis.client.lpush(list, 'not json at all');
       // The shape of a success, with a response missing most of its fields.
@@ -129,7 +133,13 @@ describe('parsing at the Redis boundary', () => {
       keys,
       concurrency: 1,
       logger: log,
-      replyTtlSeconds: 60,
+      results: new ResultSink(
+        redis.client,
+        keys,
+        60,
+        new AsyncRequests(redis.client, keys, 60),
+        () => Promise.resolve(),
+      ),
       lockDurationMs: 5000,
       metrics: new StageMetrics(createRegistry('pre')),
       process: () => {
