@@ -26,6 +26,7 @@ import {
   resolveSubmission,
   storeAndEnqueue,
   type PipelineInput,
+  type FieldSource,
 } from './submit.js';
 
 /**
@@ -84,9 +85,9 @@ export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps):
       const receivedAt = deps.arrivedAt(req);
       // Redis that does not answer ends the request here, as it would a synchronous one.
       const answerBy = receivedAt + config.requestTimeoutMs;
-      const parsed = await parseHttpRequest(req, config.async.maxImages);
+      const { request: parsed, fieldSources } = await parseHttpRequest(req, config.async.maxImages);
       const webhookUrl = parseWebhookUrl(
-        req.isMultipart() || Buffer.isBuffer(req.body) ? req.query : req.body,
+        fieldSources,
         deps.webhookSecret,
         config.pre.fetch.policy.allowPrivate,
       );
@@ -212,21 +213,32 @@ async function forget(deps: AsyncRouteDeps, requestId: string, images: string[])
 }
 
 /**
- * The request's `webhook_url`, checked: an http(s) URL, a WEBHOOK_SECRET to sign with, and an
- * IP literal the address guard lets through (a host name is checked on its addresses when the
- * webhook is delivered).
+ * The request's `webhook_url`, checked: given once (in the JSON body, the query string or a
+ * multipart text part; the same value in two places is once), an http(s) URL, a WEBHOOK_SECRET
+ * to sign with, and an IP literal the address guard lets through (a host name is checked on its
+ * addresses when the webhook is delivered).
  *
- * @param source the JSON body, or the query string
+ * @param sources where the request holds fields (parseHttpRequest)
  * @throws PipelineError INVALID_REQUEST
  */
 export function parseWebhookUrl(
-  source: unknown,
+  sources: readonly FieldSource[],
   secret: string | undefined,
   allowPrivate: boolean,
 ): string | undefined {
-  const parsed = WebhookSchema.safeParse(
-    typeof source === 'object' && source !== null ? lastValues(source) : {},
-  );
+  const given = sources.flatMap(({ from, fields }) => {
+    // A repeated query parameter counts as its last value, as the options are read.
+    const values = from === 'query' ? lastValues(fields) : fields;
+    return values['webhook_url'] === undefined ? [] : [{ from, value: values['webhook_url'] }];
+  });
+  const distinct = new Set(given.map((g) => JSON.stringify(g.value)));
+  if (distinct.size > 1) {
+    throw new PipelineError(
+      ErrorCode.INVALID_REQUEST,
+      `webhook_url is given twice, with different values (in the ${given.map((g) => g.from).join(' and the ')}); give it once`,
+    );
+  }
+  const parsed = WebhookSchema.safeParse({ webhook_url: given[0]?.value });
   if (!parsed.success) throw invalidRequest(parsed.error);
   const url = parsed.data.webhook_url;
   if (url === undefined) return undefined;

@@ -306,7 +306,7 @@ export async function buildServer(deps: GatewayDeps) {
   };
 
   app.post('/infer/object_detection', inferRoute, async (req, reply) => {
-    const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+    const { request: parsed } = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
     if (!parsed.isList) return detectOne(req, reply, parsed);
     return responseBody(
       true,
@@ -404,7 +404,7 @@ async function runPipeline(
     else abandoned.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    const all = enqueued.then(() => Promise.all(waits));
+    const all = enqueued.then(() => inOrder(waits));
     return await withDeadline(
       Promise.race([all, gone]),
       deadline,
@@ -421,6 +421,17 @@ async function runPipeline(
     redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
     throw err;
   }
+}
+
+/**
+ * Every result, in order; when images fail, the error of the first failed one in the request's
+ * order (not the first to fail in time), as an asynchronous request's status reports it. An
+ * image's failure is known as soon as the images before it have their results.
+ */
+async function inOrder<T>(waits: readonly Promise<T>[]): Promise<T[]> {
+  const results: T[] = [];
+  for (const w of waits) results.push(await w);
+  return results;
 }
 
 async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {

@@ -9,7 +9,7 @@ import type { Keys } from '../../shared/keys.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
 import { imageJobOptions, type StageQueue } from '../../shared/queues.js';
 import { execMulti } from '../../shared/redis.js';
-import { readMultipartImage } from './multipart-image.js';
+import { readMultipartForm } from './multipart-image.js';
 import {
   parseJsonRequest,
   parseQueryRequest,
@@ -35,6 +35,23 @@ export interface Submission {
   deadline: number;
 }
 
+/** A request as read from HTTP: its images and options, and where else fields may be given. */
+export interface HttpRequest {
+  request: ParsedRequest;
+  /**
+   * The places a route's own field (the asynchronous route's `webhook_url`) may come from: the
+   * JSON body and the query string; for multipart and raw images the query string and
+   * (multipart) the text parts. A query parameter may be repeated (an array of strings).
+   */
+  fieldSources: FieldSource[];
+}
+
+/** One place of a request that holds named fields. */
+export interface FieldSource {
+  from: 'body' | 'query' | 'form';
+  fields: Record<string, unknown>;
+}
+
 /**
  * Reads the request's body (or, for multipart and raw images, its query string) into a
  * ParsedRequest.
@@ -45,11 +62,32 @@ export interface Submission {
 export async function parseHttpRequest(
   req: FastifyRequest,
   maxImages: number,
-): Promise<ParsedRequest> {
+): Promise<HttpRequest> {
   const query = req.query as Record<string, unknown>;
-  if (req.isMultipart()) return parseQueryRequest(query, await readMultipartImage(req));
-  if (Buffer.isBuffer(req.body)) return parseQueryRequest(query, req.body);
-  return parseJsonRequest(req.body, maxImages);
+  if (req.isMultipart()) {
+    const form = await readMultipartForm(req);
+    return {
+      request: parseQueryRequest(query, form.image),
+      fieldSources: [
+        { from: 'query', fields: query },
+        { from: 'form', fields: form.fields },
+      ],
+    };
+  }
+  if (Buffer.isBuffer(req.body)) {
+    return {
+      request: parseQueryRequest(query, req.body),
+      fieldSources: [{ from: 'query', fields: query }],
+    };
+  }
+  const request = parseJsonRequest(req.body, maxImages);
+  return {
+    request,
+    fieldSources: [
+      { from: 'body', fields: req.body as Record<string, unknown> },
+      { from: 'query', fields: query },
+    ],
+  };
 }
 
 /**

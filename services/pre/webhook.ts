@@ -45,7 +45,6 @@ export async function postWebhook(
   const options: RequestOptions = {
     method: 'POST',
     lookup: guardedLookup(policy.allowPrivate),
-    timeout: policy.connectTimeoutMs,
     headers: {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),
@@ -59,7 +58,7 @@ export async function postWebhook(
       target,
       options,
       (res) => {
-        req.setTimeout(0);
+        clearTimeout(connect);
         res.on('error', reject);
         res.on('end', () => {
           clearTimeout(total);
@@ -72,11 +71,20 @@ export async function postWebhook(
       () => req.destroy(new Error(`no answer within ${policy.totalTimeoutMs} ms`)),
       policy.totalTimeoutMs,
     );
-    req.once('timeout', () =>
-      req.destroy(new Error(`no connection within ${policy.connectTimeoutMs} ms`)),
+    // A connect timeout only: once connected, the receiver may take until the total timeout
+    // to answer (a socket `timeout` option would be an idle timeout, cutting off a receiver
+    // that works on the result before it answers).
+    const connect = setTimeout(
+      () => req.destroy(new Error(`no connection within ${policy.connectTimeoutMs} ms`)),
+      policy.connectTimeoutMs,
     );
+    req.once('socket', (socket) => {
+      if (!socket.connecting) clearTimeout(connect);
+      else socket.once('connect', () => clearTimeout(connect));
+    });
     req.once('error', (err) => {
       clearTimeout(total);
+      clearTimeout(connect);
       reject(err);
     });
     req.end(body);

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { AsyncStatus, DetectionResponse } from '../../shared/contracts.js';
 import { assertShapes, drawImage, type Shape } from '../helpers/images.js';
+import { suiteImageServer } from '../helpers/image-server.js';
 import { sample, scrape } from '../helpers/metrics.js';
 import { keysOf, logEvents, postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
@@ -112,6 +113,8 @@ function receiver(): Receiver {
 }
 
 const hook = receiver();
+// Image URLs that fail slowly (a trickle, cut off by URL_FETCH_MIN_BYTES_PER_S after 2 s).
+const slowImages = suiteImageServer();
 
 describe('asynchronous requests on a whole stack', () => {
   let stack: Stack;
@@ -215,6 +218,24 @@ describe('asynchronous requests on a whole stack', () => {
     assert.equal(failed.result, undefined);
     assert.equal(failed.error?.code, 'IMAGE_DECODE_FAILED');
     assert.equal(failed.images_done, 2);
+  });
+
+  test('a list whose images fail: both routes report the first failed image in its order', async () => {
+    // The first image fails after about 2 s (a trickling download), the second at once.
+    slowImages.trickled.add('/trickle.png');
+    const body = {
+      image: [
+        { type: 'url', value: `${slowImages.url}/trickle.png` },
+        b64(Buffer.from('not an image at all')),
+      ],
+    };
+    const sync = await postJson(stack, '/infer/object_detection', body);
+    assert.equal(sync.status, 400);
+    assert.equal((sync.body as { code: string }).code, 'IMAGE_FETCH_FAILED');
+    const res = await submit(stack, body);
+    const failed = await pollUntil(stack, res.body.inference_id);
+    assert.equal(failed.status, 'failed');
+    assert.equal(failed.error?.code, 'IMAGE_FETCH_FAILED');
   });
 
   test('an unknown id is 404 RESULT_UNKNOWN; limits are 400', async () => {

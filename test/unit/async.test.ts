@@ -3,6 +3,7 @@ import { createHmac, randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { BatchScheduler } from '../../services/infer/batcher.js';
 import { parseWebhookUrl } from '../../services/gateway/async-routes.js';
+import type { FieldSource } from '../../services/gateway/submit.js';
 import { Admission } from '../../services/gateway/admission.js';
 import type { StoreState } from '../../services/gateway/store-monitor.js';
 import { postWebhook, webhookSignature } from '../../services/pre/webhook.js';
@@ -118,29 +119,74 @@ describe('webhook_url at submit', () => {
       return true;
     });
 
+  const body = (fields: Record<string, unknown>): FieldSource[] => [{ from: 'body', fields }];
+
   test('needs WEBHOOK_SECRET: no unsigned webhooks', () => {
     refused(
-      () => parseWebhookUrl({ webhook_url: 'https://hooks.example/x' }, undefined, false),
+      () => parseWebhookUrl(body({ webhook_url: 'https://hooks.example/x' }), undefined, false),
       /no WEBHOOK_SECRET/,
     );
-    assert.equal(parseWebhookUrl({}, undefined, false), undefined);
+    assert.equal(parseWebhookUrl(body({}), undefined, false), undefined);
+    // In the query string of a JSON request, or a multipart text part, it counts as well.
+    for (const from of ['query', 'form'] as const) {
+      refused(
+        () =>
+          parseWebhookUrl(
+            [{ from, fields: { webhook_url: 'https://hooks.example/x' } }],
+            undefined,
+            false,
+          ),
+        /no WEBHOOK_SECRET/,
+      );
+    }
   });
 
   test('http(s) only; IP literals pass the address guard; names are checked at delivery', () => {
-    refused(() => parseWebhookUrl({ webhook_url: 'ftp://x.example/' }, 's', false), /webhook_url/);
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: 'ftp://x.example/' }), 's', false),
+      /webhook_url/,
+    );
     for (const inward of ['http://127.0.0.1:8080/', 'http://[::1]/', 'http://169.254.169.254/'])
-      refused(() => parseWebhookUrl({ webhook_url: inward }, 's', false), /which webhooks may not/);
+      refused(
+        () => parseWebhookUrl(body({ webhook_url: inward }), 's', false),
+        /which webhooks may not/,
+      );
     assert.equal(
-      parseWebhookUrl({ webhook_url: 'http://127.0.0.1/' }, 's', true),
+      parseWebhookUrl(body({ webhook_url: 'http://127.0.0.1/' }), 's', true),
       'http://127.0.0.1/',
     );
+    // A repeated query parameter: its last value. An array in a JSON body is no URL.
     assert.equal(
       parseWebhookUrl(
-        { webhook_url: ['https://a.example/', 'https://hooks.example/'] },
+        [
+          {
+            from: 'query',
+            fields: { webhook_url: ['https://a.example/', 'https://hooks.example/'] },
+          },
+        ],
         's',
         false,
       ),
       'https://hooks.example/',
+    );
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: ['https://hooks.example/'] }), 's', false),
+      /webhook_url/,
+    );
+  });
+
+  test('webhook_url given in two places: once if the same, else refused', () => {
+    const twice = (a: string, b: string): FieldSource[] => [
+      { from: 'body', fields: { webhook_url: a } },
+      { from: 'query', fields: { webhook_url: b } },
+    ];
+    assert.equal(
+      parseWebhookUrl(twice('https://h.example/', 'https://h.example/'), 's', false),
+      'https://h.example/',
+    );
+    refused(
+      () => parseWebhookUrl(twice('https://h.example/a', 'https://h.example/b'), 's', false),
+      /given twice/,
     );
   });
 
@@ -185,6 +231,29 @@ describe('webhook_url at submit', () => {
       assert.equal(seen[0]!.headers['x-signature-256'], 'sha256=00');
       assert.equal(seen[0]!.headers['content-type'], 'application/json');
     } finally {
+      server.close();
+    }
+  });
+
+  test('a receiver may take longer than the connect timeout to answer, within the total', async () => {
+    // Reads the body, works on it for a while, then answers.
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(200).end(), 600));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    const headers = { inferenceId: 'r2', signature: 'sha256=00' };
+    const policy = { allowPrivate: true, connectTimeoutMs: 200, totalTimeoutMs: 3000 };
+    try {
+      assert.equal(await postWebhook(`http://127.0.0.1:${port}/`, '{}', headers, policy), 200);
+      // Past the total timeout it is a failure.
+      await assert.rejects(
+        postWebhook(`http://127.0.0.1:${port}/`, '{}', headers, { ...policy, totalTimeoutMs: 300 }),
+        /no answer within 300 ms/,
+      );
+    } finally {
+      server.closeAllConnections();
       server.close();
     }
   });
