@@ -211,6 +211,17 @@ function checkCombinations(
       message: 'set only one of them',
     });
   }
+  // A list longer than the whole asynchronous backlog could never be admitted: it would get
+  // 429 and "retry later" for ever.
+  const maxImages = EnvSchema.shape.ASYNC_MAX_IMAGES.safeParse(e.ASYNC_MAX_IMAGES);
+  const maxBacklog = EnvSchema.shape.ASYNC_MAX_BACKLOG.safeParse(e.ASYNC_MAX_BACKLOG);
+  if (maxImages.success && maxBacklog.success && maxImages.data > maxBacklog.data) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['ASYNC_MAX_IMAGES'],
+      message: `is over ASYNC_MAX_BACKLOG (${maxBacklog.data}): a request that long could never be admitted`,
+    });
+  }
   if (e.MODEL_SHA256 !== undefined && e.MODEL_URL === undefined) {
     ctx.addIssue({
       code: 'custom',

@@ -365,6 +365,7 @@ describe('asynchronous requests while nothing runs them yet', () => {
       env: {
         WEBHOOK_SECRET: SECRET,
         ASYNC_MAX_BACKLOG: '6',
+        ASYNC_MAX_IMAGES: '6',
         ASYNC_RESULT_TTL_S: '2',
         PRE_CONCURRENCY: '1',
       },

@@ -258,6 +258,17 @@ describe('webhook_url at submit', () => {
     }
   });
 
+  test('ASYNC_MAX_IMAGES may not exceed ASYNC_MAX_BACKLOG', () => {
+    assert.throws(
+      () => loadConfig({ ASYNC_MAX_BACKLOG: '30' }),
+      (err: unknown) => err instanceof ConfigError && /ASYNC_MAX_IMAGES/.test(err.message),
+    );
+    assert.equal(
+      loadConfig({ ASYNC_MAX_BACKLOG: '30', ASYNC_MAX_IMAGES: '30' }).async.maxImages,
+      30,
+    );
+  });
+
   test('WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, not both', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sd-secret-'));
     const file = join(dir, 'secret');
