@@ -146,6 +146,15 @@ describe('webhook_url at submit', () => {
       () => parseWebhookUrl(body({ webhook_url: 'ftp://x.example/' }), 's', false),
       /webhook_url/,
     );
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: 'http://h.example:0/' }), 's', false),
+      /port 0/,
+    );
+    refused(
+      () =>
+        parseWebhookUrl(body({ webhook_url: `https://h.example/${'a'.repeat(2048)}` }), 's', false),
+      /at most 2048 characters/,
+    );
     for (const inward of ['http://127.0.0.1:8080/', 'http://[::1]/', 'http://169.254.169.254/'])
       refused(
         () => parseWebhookUrl(body({ webhook_url: inward }), 's', false),
