@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { availableParallelism, homedir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { z } from 'zod';
@@ -104,7 +105,7 @@ export const EnvSchema = z.object({
    * fail with IMAGE_FETCH_FAILED, so a trickling host frees its download slots early.
    */
   URL_FETCH_MIN_BYTES_PER_S: int(4096, 0),
-  /** Let image URLs reach loopback, private and link-local addresses (off: see url-guard.ts). */
+  /** Let image URLs reach loopback, private and link-local addresses (off: see shared/url-guard.ts). */
   ALLOW_PRIVATE_URLS: z.stringbool().default(false),
   /** API keys, comma-separated; with API_KEYS_FILE (one per line). None: the API is open. */
   API_KEYS: z.string().optional(),
@@ -115,6 +116,20 @@ export const EnvSchema = z.object({
   MAX_INFLIGHT: int(256, 1, 100_000),
   /** Images waiting in the `pre` queue above which new requests get 429. */
   MAX_QUEUE_DEPTH: int(1024, 1, 10_000_000),
+  /** Longest list of images in one asynchronous request. */
+  ASYNC_MAX_IMAGES: int(1000, 1, 100_000),
+  /** How long a finished asynchronous request's status and result are kept, seconds. */
+  ASYNC_RESULT_TTL_S: int(86_400, 1, 30 * 86_400),
+  /** Deadline of an asynchronous request from its arrival, ms. */
+  ASYNC_TIMEOUT_MS: int(600_000, 100, 7 * 86_400_000),
+  /** Unfinished asynchronous images (all requests) past which new ones get 429. */
+  ASYNC_MAX_BACKLOG: int(10_000, 1, 100_000_000),
+  /** Delivery attempts of one webhook, with exponential backoff between them. */
+  ASYNC_WEBHOOK_ATTEMPTS: int(5, 1, 100),
+  /** Key of the webhooks' HMAC-SHA256 signature; without it `webhook_url` is refused. */
+  WEBHOOK_SECRET: z.string().min(1).optional(),
+  /** A file holding WEBHOOK_SECRET (its first line), e.g. a mounted secret. */
+  WEBHOOK_SECRET_FILE: z.string().min(1).optional(),
   /** Processes `npm start` runs per role; the worker defaults follow the core count. */
   NUM_WORKERS: int(1, 1, 64),
   NUM_PRE_WORKERS: int(Math.max(1, Math.floor(availableParallelism() / 2)), 1, 256),
@@ -133,6 +148,29 @@ export function modelIdFromLocation(location: string): string {
 function defaultCacheDir(): string {
   const base = process.env['XDG_CACHE_HOME'] || join(homedir(), '.cache');
   return join(base, 'staged-detect', 'models');
+}
+
+/**
+ * The webhooks' signing key: WEBHOOK_SECRET, or the first line of WEBHOOK_SECRET_FILE (read
+ * when called, at a role's start); undefined when neither is set.
+ *
+ * @throws ConfigError when the file cannot be read or its first line is empty
+ */
+export function webhookSecret(async: Config['async']): string | undefined {
+  if (async.webhookSecret !== undefined) return async.webhookSecret;
+  if (async.webhookSecretFile === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(async.webhookSecretFile, 'utf8');
+  } catch (err) {
+    throw new ConfigError(
+      `invalid configuration:\n  WEBHOOK_SECRET_FILE: ${(err as Error).message}`,
+    );
+  }
+  const secret = text.split(/\r?\n/)[0]?.trim() ?? '';
+  if (secret === '')
+    throw new ConfigError('invalid configuration:\n  WEBHOOK_SECRET_FILE: the file is empty');
+  return secret;
 }
 
 /** Model id served when no MODEL_PATH is given: the project's generated tiny detector. */
@@ -164,6 +202,24 @@ function checkCombinations(
       path: ['MODEL_PINNED'],
       message:
         'pins the one model of MODEL_PATH or MODEL_URL; in MODELS_FILE, give the entry `pinned: true`',
+    });
+  }
+  if (e.WEBHOOK_SECRET !== undefined && e.WEBHOOK_SECRET_FILE !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['WEBHOOK_SECRET, WEBHOOK_SECRET_FILE'],
+      message: 'set only one of them',
+    });
+  }
+  // A list longer than the whole asynchronous backlog could never be admitted: it would get
+  // 429 and "retry later" for ever.
+  const maxImages = EnvSchema.shape.ASYNC_MAX_IMAGES.safeParse(e.ASYNC_MAX_IMAGES);
+  const maxBacklog = EnvSchema.shape.ASYNC_MAX_BACKLOG.safeParse(e.ASYNC_MAX_BACKLOG);
+  if (maxImages.success && maxBacklog.success && maxImages.data > maxBacklog.data) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['ASYNC_MAX_IMAGES'],
+      message: `is over ASYNC_MAX_BACKLOG (${maxBacklog.data}): a request that long could never be admitted`,
     });
   }
   if (e.MODEL_SHA256 !== undefined && e.MODEL_URL === undefined) {
@@ -258,6 +314,20 @@ function toConfig(e: z.output<typeof EnvSchema>) {
       modelsFile: e.MODELS_FILE,
       maxActiveModels: e.MAX_ACTIVE_MODELS,
       threads: { intraOp: e.ORT_INTRA_OP_THREADS, allowSpinning: e.ORT_ALLOW_SPINNING },
+    },
+    /** Asynchronous requests (services/gateway/async-routes.ts, shared/async-requests.ts). */
+    async: {
+      maxImages: e.ASYNC_MAX_IMAGES,
+      /** Seconds a finished request's record is kept. */
+      resultTtlSeconds: e.ASYNC_RESULT_TTL_S,
+      /** Deadline from arrival, ms. */
+      timeoutMs: e.ASYNC_TIMEOUT_MS,
+      /** Unfinished asynchronous images at which new requests are refused (429). */
+      maxBacklog: e.ASYNC_MAX_BACKLOG,
+      webhookAttempts: e.ASYNC_WEBHOOK_ATTEMPTS,
+      /** The signing key, as given; or read from `webhookSecretFile` (webhookSecret()). */
+      webhookSecret: e.WEBHOOK_SECRET,
+      webhookSecretFile: e.WEBHOOK_SECRET_FILE,
     },
     /** How many processes of each role `npm start` runs. */
     supervisor: {

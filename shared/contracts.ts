@@ -17,6 +17,13 @@ export const QueueName = {
   fetch: 'fetch',
   pre: 'pre',
   infer: 'infer',
+  /**
+   * Asynchronous requests' images for the inference process, which serves both queues: kept
+   * apart from `infer` so that they never hold the inference worker's job slots (each held until
+   * its batch has run) that synchronous images need. The stages before and after share one
+   * queue for both, synchronous jobs going first (BullMQ priority; see shared/queues.ts).
+   */
+  inferAsync: 'infer-async',
   post: 'post',
 } as const;
 export type QueueName = (typeof QueueName)[keyof typeof QueueName];
@@ -116,6 +123,7 @@ export const JobPayloadSchemas = {
   fetch: PreJobSchema,
   pre: PreJobSchema,
   infer: InferJobSchema,
+  'infer-async': InferJobSchema,
   post: PostJobSchema,
 } as const satisfies Record<QueueName, z.ZodType>;
 
@@ -166,6 +174,81 @@ export const ResultMessageSchema = z.discriminatedUnion('ok', [
   z.object({ id: z.string().min(1), ok: z.literal(false), error: ErrorBodySchema }),
 ]);
 export type ResultMessage = z.infer<typeof ResultMessageSchema>;
+
+/**
+ * Queues of asynchronous requests, apart from the stage queues: `webhook` delivers a finished
+ * request's status document to its `webhook_url`, `async-deadline` holds one delayed job per
+ * request that finishes it at its deadline if its images have not all finished by then. Both
+ * are served by the `pre` processes (services/pre/async-workers.ts).
+ */
+export const AsyncQueueName = {
+  webhook: 'webhook',
+  deadline: 'async-deadline',
+} as const;
+export type AsyncQueueName = (typeof AsyncQueueName)[keyof typeof AsyncQueueName];
+
+/** Payload of the `webhook` and `async-deadline` queues: which asynchronous request. */
+export const AsyncJobSchema = z.object({ requestId: z.string().min(1) });
+export type AsyncJob = z.infer<typeof AsyncJobSchema>;
+
+/**
+ * What the gateway stores about an asynchronous request when it accepts it (the `meta` field
+ * of its record, shared/async-requests.ts).
+ */
+export const AsyncMetaSchema = z.object({
+  /** Epoch ms when the request arrived. */
+  createdAt: epochMs,
+  /** Epoch ms by which every image is finished, with its result or DEADLINE_EXCEEDED. */
+  deadline: epochMs,
+  /** The inference ids of its images, in the request's order. */
+  images: z.array(z.string().min(1)).min(1),
+  /** Whether the client sent a list (the result is then a list). */
+  isList: z.boolean(),
+  webhookUrl: z.string().optional(),
+});
+export type AsyncMeta = z.infer<typeof AsyncMetaSchema>;
+
+/** States of an asynchronous request, as its status document tells them. */
+export const ASYNC_STATUSES = ['queued', 'running', 'completed', 'failed'] as const;
+
+/** The answer to `POST /async/infer/object_detection` (202). */
+export const AsyncAcceptedSchema = z.object({
+  inference_id: z.string().describe('Id of the asynchronous request.'),
+  status: z.literal('queued'),
+  status_url: z.string().describe('Where to poll: /async/<inference_id>.'),
+});
+export type AsyncAccepted = z.infer<typeof AsyncAcceptedSchema>;
+
+/**
+ * The status document of an asynchronous request: what `GET /async/<id>` answers, and the body
+ * POSTed to its webhook once it is finished.
+ */
+export const AsyncStatusSchema = z.object({
+  inference_id: z.string(),
+  status: z
+    .enum(ASYNC_STATUSES)
+    .describe(
+      'queued: no image started; running: some did; completed: every image has its result; failed: at least one image failed (see error).',
+    ),
+  created_at: z.iso.datetime().describe('When the request arrived (ISO 8601, UTC).'),
+  completed_at: z.iso.datetime().optional().describe('When it finished (completed or failed).'),
+  images_total: z.number().int().min(1),
+  images_done: z
+    .number()
+    .int()
+    .min(0)
+    .describe('Images finished so far, with a result or an error.'),
+  result: z
+    .union([DetectionResponseSchema, z.array(DetectionResponseSchema)])
+    .optional()
+    .describe(
+      'When completed: exactly the body the synchronous route answers (one response or a list).',
+    ),
+  error: ErrorBodySchema.optional().describe(
+    "When failed: the error of the first image (in the request's order) that failed.",
+  ),
+});
+export type AsyncStatus = z.infer<typeof AsyncStatusSchema>;
 
 /**
  * One served model, published by the inference process as part of its heartbeat's value (a

@@ -55,3 +55,19 @@ export function withTimeout<T>(
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Seconds a per-image key outlives its request's deadline. */
+export const DATA_TTL_MARGIN_S = 60;
+
+/**
+ * The TTL, seconds, of a per-image data key (an image, its pixels, its candidates) written now
+ * for a request whose deadline is `deadline` (epoch ms): at least `minSeconds` (the
+ * configuration's, for synchronous requests), and always past the deadline by
+ * DATA_TTL_MARGIN_S, so an asynchronous image that waits long in a queue still finds its data.
+ */
+export function dataTtlSeconds(deadline: number, minSeconds: number): number {
+  return Math.max(
+    minSeconds,
+    Math.ceil(Math.max(0, deadline - Date.now()) / 1000) + DATA_TTL_MARGIN_S,
+  );
+}

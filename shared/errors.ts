@@ -25,6 +25,7 @@ export const ErrorCode = {
   REQUEST_TIMEOUT: 'REQUEST_TIMEOUT',
   CLIENT_CLOSED: 'CLIENT_CLOSED',
   NOT_FOUND: 'NOT_FOUND',
+  RESULT_UNKNOWN: 'RESULT_UNKNOWN',
   NOT_IMPLEMENTED: 'NOT_IMPLEMENTED',
   INTERNAL: 'INTERNAL',
 } as const;
@@ -55,6 +56,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = {
   // nginx's status for a request the client closed; the client never sees it.
   CLIENT_CLOSED: 499,
   NOT_FOUND: 404,
+  // An asynchronous request id Redis holds nothing for (never accepted, deleted, expired, lost).
+  RESULT_UNKNOWN: 404,
   // A Roboflow API route this server does not implement (workflows, classification, CLIP, ...).
   NOT_IMPLEMENTED: 501,
   INTERNAL: 500,

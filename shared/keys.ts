@@ -39,6 +39,21 @@ export class Keys {
     return `${this.prefix}:reply:${gatewayId}`;
   }
 
+  /**
+   * Hash of one asynchronous request (shared/async-requests.ts): its `meta` (AsyncMetaSchema
+   * JSON), `total` and `done` image counts, `failed` count, `started_at` / `completed_at`
+   * (epoch ms) and `webhook` (delivery state). Expires ASYNC_RESULT_TTL_S after it finished
+   * (before: its deadline plus that).
+   */
+  asyncRecord(requestId: string): string {
+    return `${this.prefix}:async:${requestId}`;
+  }
+
+  /** Hash of one asynchronous request's finished images: inference id → ResultMessage JSON. */
+  asyncResults(requestId: string): string {
+    return `${this.prefix}:async:${requestId}:results`;
+  }
+
   /** Pub/sub channel of model commands (load, unload, clear) from the gateway to `infer`. */
   modelControl(): string {
     return `${this.prefix}:model-control`;

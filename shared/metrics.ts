@@ -33,6 +33,8 @@ export class StageMetrics {
   readonly failed: Counter<'stage' | 'code'>;
   readonly retried: Counter<'stage'>;
   readonly stalled: Counter<'stage'>;
+  /** Asynchronous requests this process finished (its last image, or its deadline). */
+  readonly asyncFinished: Counter<'status'>;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -72,6 +74,12 @@ export class StageMetrics {
       name: `${METRIC_PREFIX}stage_jobs_stalled_total`,
       help: 'Jobs whose worker lost them (died or blocked) and that this process put back in the queue.',
       labelNames: ['stage'],
+      registers,
+    });
+    this.asyncFinished = new Counter({
+      name: `${METRIC_PREFIX}async_requests_finished_total`,
+      help: 'Asynchronous requests finished in this process (by their last image or their deadline), by status.',
+      labelNames: ['status'],
       registers,
     });
   }

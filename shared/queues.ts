@@ -1,8 +1,11 @@
 import { Queue, Worker, UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { asyncRequestOf, type AsyncRequests } from './async-requests.js';
 import {
   JobPayloadSchemas,
   RequestContextSchema,
+  type AsyncJob,
+  type AsyncQueueName,
   type JobPayloads,
   type QueueName,
   type RequestContext,
@@ -11,7 +14,7 @@ import { ErrorCode, PipelineError, toErrorBody, type ErrorBody } from './errors.
 import type { Keys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { StageMetrics } from './metrics.js';
-import { sendResult } from './reply.js';
+import type { ResultSink } from './reply.js';
 import { formatIssues } from './validation.js';
 
 /**
@@ -34,6 +37,16 @@ export const JOB_OPTIONS: JobsOptions = {
 export const WAITING_STATES = ['waiting', 'prioritized', 'delayed'] as const;
 
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
+/** A queue of asynchronous requests' deadlines or webhooks (createAsyncQueue). */
+export type AsyncQueue = Queue<AsyncJob, void, string>;
+
+/**
+ * BullMQ priority of asynchronous requests' jobs in every stage queue. A worker takes the jobs
+ * of the wait list (no priority: synchronous requests) before any prioritized job, so while
+ * both wait a synchronous image always goes first; asynchronous jobs among themselves keep
+ * their order (one priority, first in first out).
+ */
+export const ASYNC_PRIORITY = 1;
 
 /**
  * Length of each queue's BullMQ events stream (`<prefix>:<queue>:events`, approximate: Redis
@@ -58,26 +71,62 @@ export function createQueue<Q extends QueueName>(
   prefix: string,
   log?: Logger,
 ): StageQueue<Q> {
-  const queue = new Queue<JobPayloads[Q], void, string>(name, {
+  return listenForErrors(
+    new Queue<JobPayloads[Q], void, string>(name, {
+      connection,
+      prefix,
+      defaultJobOptions: JOB_OPTIONS,
+      streams: { events: { maxLen: EVENTS_MAX_LEN } },
+    }),
     connection,
-    prefix,
-    defaultJobOptions: JOB_OPTIONS,
-    streams: { events: { maxLen: EVENTS_MAX_LEN } },
-  });
+    log,
+  );
+}
+
+/** One of the asynchronous requests' queues (`webhook`, `async-deadline`), as createQueue. */
+export function createAsyncQueue(
+  name: AsyncQueueName,
+  connection: Redis,
+  prefix: string,
+  log?: Logger,
+): AsyncQueue {
+  return listenForErrors(
+    new Queue<AsyncJob, void, string>(name, {
+      connection,
+      prefix,
+      defaultJobOptions: JOB_OPTIONS,
+      streams: { events: { maxLen: EVENTS_MAX_LEN } },
+    }),
+    connection,
+    log,
+  );
+}
+
+function listenForErrors<T extends Queue>(queue: T, connection: Redis, log?: Logger): T {
   queue.on('error', (err: Error) => {
-    if (connection.status === 'ready') log?.warn({ err, queue: name }, 'queue error');
-    else log?.debug({ err, queue: name }, 'queue error while Redis is not connected');
+    if (connection.status === 'ready') log?.warn({ err, queue: queue.name }, 'queue error');
+    else log?.debug({ err, queue: queue.name }, 'queue error while Redis is not connected');
   });
   return queue;
 }
 
-/** Adds the job for one image; its id is the inference id, so a retried producer cannot duplicate it. */
+/**
+ * The options of one image's job in any stage queue: its id is the inference id, so a retried
+ * producer cannot duplicate it; an asynchronous request's image gets ASYNC_PRIORITY.
+ */
+export function imageJobOptions(data: RequestContext): JobsOptions {
+  return asyncRequestOf(data.replyTo) === undefined
+    ? { jobId: data.id }
+    : { jobId: data.id, priority: ASYNC_PRIORITY };
+}
+
+/** Adds the job for one image, with imageJobOptions. */
 export async function enqueue<Q extends QueueName>(
   queue: StageQueue<Q>,
   data: JobPayloads[Q],
 ): Promise<void> {
   // BullMQ's name type cannot be resolved for a generic Q; the job name is the queue's name.
-  await queue.add(queue.name as never, data as never, { jobId: data.id });
+  await queue.add(queue.name as never, data as never, imageJobOptions(data));
 }
 
 /**
@@ -105,13 +154,19 @@ export interface StageWorkerOptions<Q extends QueueName> {
   queue: Q;
   /** Dedicated blocking connection for the worker. */
   connection: Redis;
-  /** Connection for the error replies sent to gateways. */
+  /** Connection for the stage's own commands (data keys). */
   client: Redis;
   keys: Keys;
   concurrency: number;
   logger: Logger;
-  /** TTL of reply lists, from the config. */
-  replyTtlSeconds: number;
+  /** Where the errors that end an image go (its gateway, or its asynchronous request). */
+  results: ResultSink;
+  /**
+   * Asynchronous requests' records: given to the first stages of an image (`fetch`, `pre`),
+   * which note that the request is running and drop the image of a request that is gone
+   * (deleted, expired). Absent: not checked.
+   */
+  asyncRecords?: AsyncRequests;
   /** How long a job's lock lasts without renewal (JOB_LOCK_MS). */
   lockDurationMs: number;
   metrics: StageMetrics;
@@ -136,13 +191,10 @@ export function createStageWorker<Q extends QueueName>(
     log: Logger,
   ) => {
     try {
-      // Nothing downstream will consume this image's data now (deleted before the push).
-      await sendResult(
-        client,
-        keys,
+      // Nothing downstream will consume this image's data now (deleted before the answer).
+      await opts.results.send(
         data.replyTo,
         { id: data.id, ok: false, error },
-        opts.replyTtlSeconds,
         keys.requestData(data.id),
       );
     } catch (err) {
@@ -170,7 +222,16 @@ export function createStageWorker<Q extends QueueName>(
         Math.max(0, (job.processedOn ?? started) - job.timestamp) / 1000,
       );
       if (job.attemptsStarted > 1) opts.metrics.retried.inc(stage);
+      const requestId = asyncRequestOf(data.replyTo);
       try {
+        if (requestId !== undefined && opts.asyncRecords) {
+          if (!(await opts.asyncRecords.markStarted(requestId))) {
+            // Deleted (DELETE /async/<id>) or expired: nobody wants this image any more.
+            log.debug({ request_id: requestId }, 'asynchronous request gone; image dropped');
+            await client.del(...keys.requestData(data.id));
+            return;
+          }
+        }
         if (Date.now() > data.deadline) {
           throw new PipelineError(
             ErrorCode.DEADLINE_EXCEEDED,

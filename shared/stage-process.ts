@@ -3,7 +3,9 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { loadConfigOrExit, type Config } from './config.js';
-import type { QueueName } from './contracts.js';
+import { AsyncCompletion } from './async-completion.js';
+import { QueueName } from './contracts.js';
+import { tuneGarbageCollection } from './gc-tuning.js';
 import { startHeartbeat, type Heartbeat } from './heartbeat.js';
 import { Keys } from './keys.js';
 import { closeInOrder, exitOnStartupError, installLifecycle, supervisorPid } from './lifecycle.js';
@@ -28,6 +30,13 @@ export interface StageContext {
   registry: Registry;
   /** Publishes the heartbeat's payload now (after it changed); a no-op before the first beat. */
   beatNow: () => Promise<void>;
+  /** The stage's metrics (its workers' jobs, the asynchronous requests it finishes). */
+  metrics: StageMetrics;
+  /**
+   * Where finished images go (`completion.results.send`) and how asynchronous requests end:
+   * one per process.
+   */
+  completion: AsyncCompletion;
 }
 
 export interface StageDefinition<Q extends QueueName> {
@@ -60,6 +69,7 @@ export function runStage<Q extends QueueName>(
   queue: Q,
   setup: (ctx: StageContext) => StageDefinition<Q> | Promise<StageDefinition<Q>>,
 ): void {
+  tuneGarbageCollection();
   const config = loadConfigOrExit();
   const log = createLogger(queue, config.logLevel);
   // First thing: a signal during a long model load is handled too. Under `npm start` the role
@@ -74,10 +84,30 @@ export function runStage<Q extends QueueName>(
   void (async () => {
     const client = createRedis(config.redis.url, `${queue}:${instanceId}`, 'worker', log);
     const registry = createRegistry(queue);
+    const metrics = new StageMetrics(registry);
+    const completion = new AsyncCompletion({
+      client,
+      keys,
+      log,
+      resultTtlSeconds: config.async.resultTtlSeconds,
+      webhookAttempts: config.async.webhookAttempts,
+      replyTtlSeconds: config.dataTtlSeconds,
+      finished: metrics.asyncFinished,
+    });
     // A no-op until the heartbeat starts (setup runs before it).
     let beat: Heartbeat['beat'] = () => Promise.resolve();
     const beatNow = () => beat();
-    const stage = await setup({ config, log, keys, instanceId, client, registry, beatNow });
+    const stage = await setup({
+      config,
+      log,
+      keys,
+      instanceId,
+      client,
+      registry,
+      beatNow,
+      metrics,
+      completion,
+    });
     const served = [
       { queue, concurrency: stage.concurrency, process: stage.process } as ExtraQueue,
       ...(stage.extraQueues ?? []),
@@ -90,7 +120,6 @@ export function runStage<Q extends QueueName>(
       config.worker.metricsPort,
       log,
     );
-    const metrics = new StageMetrics(registry);
     // Each worker blocks on its own connection.
     const connections = served.map((s) =>
       createRedis(config.redis.url, `${s.queue}-worker:${instanceId}`, 'worker', log),
@@ -104,7 +133,11 @@ export function runStage<Q extends QueueName>(
         keys,
         concurrency: s.concurrency,
         logger: log,
-        replyTtlSeconds: config.dataTtlSeconds,
+        results: completion.results,
+        // The first stages of an image see whether its asynchronous request still exists.
+        ...((s.queue === QueueName.fetch || s.queue === QueueName.pre) && {
+          asyncRecords: completion.records,
+        }),
         lockDurationMs: config.worker.jobLockMs,
         process: s.process as StageWorkerOptions<QueueName>['process'],
       }),
@@ -129,7 +162,10 @@ export function runStage<Q extends QueueName>(
         ['metrics', () => new Promise((resolve) => metricsServer.close(resolve))],
         [
           'queue',
-          () => cleanupWithRedis(client, () => Promise.all(ownQueues.map((q) => q.close()))),
+          () =>
+            cleanupWithRedis(client, () =>
+              Promise.all([...ownQueues.map((q) => q.close()), completion.close()]),
+            ),
         ],
         ['redis', () => Promise.all([...connections, client].map((c) => closeRedis(c)))],
       ]),

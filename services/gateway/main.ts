@@ -1,9 +1,10 @@
 import cluster from 'node:cluster';
 import type { Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
-import { loadConfigOrExit, type Config } from '../../shared/config.js';
-import { QueueName } from '../../shared/contracts.js';
+import { loadConfigOrExit, webhookSecret, type Config } from '../../shared/config.js';
+import { AsyncQueueName, QueueName } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
+import { tuneGarbageCollection } from '../../shared/gc-tuning.js';
 import { Keys } from '../../shared/keys.js';
 import {
   closeInOrder,
@@ -15,7 +16,7 @@ import {
 import { createLogger, type Logger } from '../../shared/logger.js';
 import { createRegistry, registerQueueGauge } from '../../shared/metrics.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
-import { createQueue } from '../../shared/queues.js';
+import { createAsyncQueue, createQueue } from '../../shared/queues.js';
 import { cleanupWithRedis, closeRedis, createRedis, watchRestarts } from '../../shared/redis.js';
 import { Supervised } from '../../shared/supervised.js';
 import { GatewayMetrics } from './metrics.js';
@@ -27,6 +28,7 @@ import { buildServer } from './server.js';
  * becomes a cluster primary that runs that many gateway processes sharing the port (each with
  * its own reply list), and restarts any that dies, with the supervisor's backoff and crash cap.
  */
+tuneGarbageCollection();
 const config = loadConfigOrExit();
 const log = createLogger('gateway', config.logLevel);
 // Under `npm start` (or the cluster primary) the parent is watched: a gateway left alone stops.
@@ -42,6 +44,7 @@ if (cluster.isPrimary && config.supervisor.gatewayProcesses > 1) {
 }
 
 async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise<void> {
+  const secret = webhookSecret(config.async);
   const gatewayId = randomUUID();
   const keys = new Keys(config.redis.prefix);
   const redis = createRedis(config.redis.url, `gateway:${gatewayId}`, 'client', log);
@@ -66,9 +69,13 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
   );
   // The gateway also reports the depth of every queue; the worker roles report only their own.
   const inferQueue = createQueue(QueueName.infer, redis, keys.prefix, log);
+  const inferAsyncQueue = createQueue(QueueName.inferAsync, redis, keys.prefix, log);
   const postQueue = createQueue(QueueName.post, redis, keys.prefix, log);
   const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix, log);
-  const queues = [fetchQueue, preQueue, inferQueue, postQueue];
+  const stageQueues = [fetchQueue, preQueue, inferQueue, inferAsyncQueue, postQueue];
+  const deadlineQueue = createAsyncQueue(AsyncQueueName.deadline, redis, keys.prefix, log);
+  const webhookQueue = createAsyncQueue(AsyncQueueName.webhook, redis, keys.prefix, log);
+  const queues = [...stageQueues, deadlineQueue, webhookQueue];
   const registry = createRegistry('gateway');
   registerQueueGauge(registry, queues);
   const app = await buildServer({
@@ -78,7 +85,11 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
     redis,
     preQueue,
     fetchQueue,
+    stageQueues,
+    deadlineQueue,
+    webhookQueue,
     queues,
+    webhookSecret: secret,
     waiter,
     models: new ModelDirectory(redis, keys, log),
     log,

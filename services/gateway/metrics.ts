@@ -9,8 +9,17 @@ export class GatewayMetrics {
   readonly imagesPerRequest: Histogram;
   readonly errors: Counter<'code'>;
   readonly imageLatency: Histogram<'model_id'>;
+  /** Asynchronous requests accepted (202). */
+  readonly asyncAccepted: Counter;
+
+  /**
+   * The unstarted asynchronous images as the gateway last read them, for
+   * `sd_async_backlog_images`; set by the server once its StoreMonitor runs.
+   */
+  readAsyncBacklog: () => number = () => 0;
 
   constructor(registry: Registry) {
+    const asyncBacklog = () => this.readAsyncBacklog();
     const registers = [registry];
     const httpLabels = ['route', 'method', 'status_code'] as const;
     this.requests = new Counter({
@@ -49,6 +58,19 @@ export class GatewayMetrics {
       labelNames: ['model_id'],
       buckets: LATENCY_BUCKETS,
       registers,
+    });
+    this.asyncAccepted = new Counter({
+      name: `${METRIC_PREFIX}async_requests_accepted_total`,
+      help: 'Asynchronous requests accepted (202).',
+      registers,
+    });
+    new Gauge({
+      name: `${METRIC_PREFIX}async_backlog_images`,
+      help: 'Images of asynchronous requests not yet started in their stage (prioritized jobs of every stage queue), as the gateway last read them.',
+      registers,
+      collect() {
+        this.set(asyncBacklog());
+      },
     });
   }
 }

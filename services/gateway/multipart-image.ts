@@ -24,18 +24,26 @@ export function multipartOptions(maxBodyBytes: number) {
 const TOO_MANY =
   "the multipart body has more than one file: send one image per request in a part named 'file' (or a JSON body with a list of images)";
 
+/** A multipart body: the image, and the other text parts by name (the last of a repeated one). */
+export interface MultipartForm {
+  image: Buffer;
+  fields: Record<string, string>;
+}
+
 /**
  * Reads the request's multipart body and returns the bytes of its part named `file`. A `file`
  * part without `filename=` is accepted too: its value is the image's bytes, or the image as
- * base64 text. Other text parts are ignored (the options come from the query string).
+ * base64 text. Other text parts are not options (those come from the query string): they are
+ * returned by name, for a route to refuse what it does not take.
  *
  * @throws PipelineError INVALID_REQUEST when the body is malformed, has no `file` part, has
  *   two, or has a file under another name; PAYLOAD_TOO_LARGE when a part is over the limits of
  *   multipartOptions().
  */
-export async function readMultipartImage(req: FastifyRequest): Promise<Buffer> {
+export async function readMultipartForm(req: FastifyRequest): Promise<MultipartForm> {
   let image: Buffer | undefined;
   const otherParts: string[] = [];
+  const fields: Record<string, string> = {};
   try {
     for await (const part of req.parts()) {
       if (part.type === 'file' && part.fieldname !== 'file') {
@@ -47,6 +55,7 @@ export async function readMultipartImage(req: FastifyRequest): Promise<Buffer> {
       }
       if (part.fieldname !== 'file') {
         otherParts.push(part.fieldname);
+        if (part.type === 'field') fields[part.fieldname] = String(part.value);
         continue;
       }
       if (image !== undefined) throw new PipelineError(ErrorCode.INVALID_REQUEST, TOO_MANY);
@@ -62,7 +71,12 @@ export async function readMultipartImage(req: FastifyRequest): Promise<Buffer> {
       `the multipart body has no part named 'file'${seen}`,
     );
   }
-  return image;
+  return { image, fields };
+}
+
+/** The image of a multipart body (readMultipartForm), its other parts ignored. */
+export async function readMultipartImage(req: FastifyRequest): Promise<Buffer> {
+  return (await readMultipartForm(req)).image;
 }
 
 /** Bytes of a `file` part sent as a text field (no `filename=`). */

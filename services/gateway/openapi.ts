@@ -2,9 +2,13 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { DetectionResponseSchema } from '../../shared/contracts.js';
+import {
+  AsyncAcceptedSchema,
+  AsyncStatusSchema,
+  DetectionResponseSchema,
+} from '../../shared/contracts.js';
 import { ErrorBodySchema } from '../../shared/errors.js';
-import { RequestBodyDocSchema } from './request.js';
+import { RequestBodyDocSchema, WebhookUrlSchema } from './request.js';
 import { SERVER_NAME, SERVER_VERSION } from './version.js';
 
 /**
@@ -53,6 +57,46 @@ export const inferRouteSchema = {
   response: {
     200: openApiSchema(z.union([DetectionResponseSchema, z.array(DetectionResponseSchema)])),
     ...errorResponses(400, 404, 413, 415, 500, 503, 504),
+  },
+};
+
+const inferenceIdParams = openApiSchema(
+  z.object({
+    inference_id: z.string().describe('The id POST /async/infer/object_detection answered.'),
+  }),
+);
+
+/** Route schema of `POST /async/infer/object_detection`. */
+export const asyncInferRouteSchema = {
+  summary: 'Submit one image or a list for detection, answered later',
+  description:
+    'Takes every body POST /infer/object_detection takes (JSON, multipart, raw image), plus webhook_url, and answers 202 as soon as the images are stored and enqueued, with a Location header naming the status URL. Synchronous requests keep priority over asynchronous ones in every queue.',
+  body: openApiSchema(RequestBodyDocSchema.extend({ webhook_url: WebhookUrlSchema }), 'input'),
+  querystring: openApiSchema(z.object({ webhook_url: WebhookUrlSchema }), 'input'),
+  response: {
+    202: openApiSchema(AsyncAcceptedSchema),
+    ...errorResponses(400, 404, 413, 415, 429, 500, 503, 504),
+  },
+};
+
+/** Route schema of `GET /async/{inference_id}`. */
+export const asyncStatusRouteSchema = {
+  summary: 'Status, and once finished the result, of an asynchronous request',
+  description:
+    'result is exactly the body the synchronous route answers; error the error it answers. 404 RESULT_UNKNOWN for an id never accepted, deleted, expired (ASYNC_RESULT_TTL_S after it finished), or lost by Redis.',
+  params: inferenceIdParams,
+  response: { 200: openApiSchema(AsyncStatusSchema), ...errorResponses(404, 503) },
+};
+
+/** Route schema of `DELETE /async/{inference_id}`. */
+export const asyncDeleteRouteSchema = {
+  summary: 'Cancel an asynchronous request and forget it',
+  description:
+    'Images not yet started never run; images already running finish their stage and their results are dropped. The record is gone at once (GET then answers 404).',
+  params: inferenceIdParams,
+  response: {
+    204: { description: 'Cancelled and forgotten.', type: 'null' },
+    ...errorResponses(404, 503),
   },
 };
 

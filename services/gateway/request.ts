@@ -98,6 +98,20 @@ export const RequestBodyDocSchema = OptionsSchema.extend({
     .describe('One image, or a list of images (the response is then a list in the same order).'),
 });
 
+/**
+ * `webhook_url` of the asynchronous route: in the JSON body, or in the query string with
+ * multipart and raw bodies (async-routes.ts parses it; the API documentation shows it).
+ */
+export const WebhookUrlSchema = z
+  .string()
+  .max(2048, 'must be at most 2048 characters')
+  .pipe(z.url({ protocol: /^https?$/, error: 'must be an http or https URL' }))
+  .refine((url) => new URL(url).port !== '0', 'port 0 is no port a webhook can reach')
+  .optional()
+  .describe(
+    'POST the finished status document here (JSON, signed: X-Signature-256 = sha256=<hex HMAC-SHA256 of the body with WEBHOOK_SECRET>). With multipart and raw bodies, a query parameter. Refused (400) when the server has no WEBHOOK_SECRET.',
+  );
+
 type Options = z.infer<typeof OptionsSchema>;
 
 /** Parses a JSON body. Throws INVALID_REQUEST naming every bad field. */

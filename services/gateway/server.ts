@@ -11,7 +11,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import type { Config } from '../../shared/config.js';
-import type { DetectionParams, PreJob } from '../../shared/contracts.js';
+import type { QueueName } from '../../shared/contracts.js';
 import { withDeadline, withTimeout } from '../../shared/deadline.js';
 import {
   ErrorCode,
@@ -24,15 +24,18 @@ import {
 import { listAlive } from '../../shared/heartbeat.js';
 import type { Keys } from '../../shared/keys.js';
 import type { Logger } from '../../shared/logger.js';
-import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
-import type { StageQueue } from '../../shared/queues.js';
-import { execPipeline } from '../../shared/redis.js';
+import type { ModelDirectory } from '../../shared/model-directory.js';
+import type { AsyncQueue, StageQueue } from '../../shared/queues.js';
+import type { ParsedRequest } from './request.js';
 import {
-  parseJsonRequest,
-  parseQueryRequest,
-  resolveParams,
-  type ParsedRequest,
-} from './request.js';
+  imageJobs,
+  parseHttpRequest,
+  resolveSubmission,
+  storeAndEnqueue,
+  type Submission,
+} from './submit.js';
+import { AsyncRequests, responseBody } from '../../shared/async-requests.js';
+import { registerAsyncRoutes } from './async-routes.js';
 import { Admission } from './admission.js';
 import { StoreMonitor } from './store-monitor.js';
 import { ApiKeys } from './auth.js';
@@ -41,7 +44,7 @@ import { registerDemoPage } from './demo-page.js';
 import { registerLegacyRoute } from './legacy-route.js';
 import type { GatewayMetrics } from './metrics.js';
 import { registerModelRoutes } from './model-routes.js';
-import { multipartOptions, readMultipartImage } from './multipart-image.js';
+import { multipartOptions } from './multipart-image.js';
 import { inferRouteSchema, registerOpenApi } from './openapi.js';
 import type { ImageResult, ResultWaiter } from './result-waiter.js';
 import { registerServerInfo } from './server-info.js';
@@ -62,8 +65,15 @@ export interface GatewayDeps {
   preQueue: StageQueue<'pre'>;
   /** Where images given by URL go first, to be downloaded. */
   fetchQueue: StageQueue<'fetch'>;
+  /** The stage queues (`fetch`, `pre`, `infer`, `post`). */
+  stageQueues: ReadonlyArray<StageQueue<QueueName>>;
+  /** The queues of asynchronous requests' deadlines and webhooks. */
+  deadlineQueue: AsyncQueue;
+  webhookQueue: AsyncQueue;
   /** Every queue of the pipeline, for the dashboard. */
   queues: readonly Queue[];
+  /** The webhooks' signing key (WEBHOOK_SECRET); without one, `webhook_url` is refused. */
+  webhookSecret: string | undefined;
   waiter: ResultWaiter;
   models: ModelDirectory;
   log: Logger;
@@ -215,12 +225,14 @@ export async function buildServer(deps: GatewayDeps) {
       .send({ code: ErrorCode.NOT_FOUND, message: `no route for ${req.method} ${req.url}` });
   });
 
-  const store = new StoreMonitor(redis, deps.preQueue, deps.log);
+  const store = new StoreMonitor(redis, deps.preQueue, deps.stageQueues, deps.log);
+  metrics.readAsyncBacklog = () => store.current.asyncBacklog;
   const admission = new Admission(
     {
       maxInflight: config.gateway.maxInflight,
       maxQueueDepth: config.gateway.maxQueueDepth,
       memoryHighWater: config.gateway.redisMemoryHighWater,
+      maxAsyncBacklog: config.async.maxBacklog,
     },
     () => store.current,
   );
@@ -264,22 +276,16 @@ export async function buildServer(deps: GatewayDeps) {
 
   /** Runs a parsed request's images through the pipeline; results in the request's order. */
   const detect = async (req: FastifyRequest, reply: FastifyReply, parsed: ParsedRequest) => {
-    if (!config.gateway.allowUrlInput && parsed.images.some((i) => i.kind === 'url')) {
-      throw new PipelineError(
-        ErrorCode.INVALID_REQUEST,
-        "image URLs are turned off on this server: send the image's bytes",
-      );
-    }
     // The deadline runs from the request's arrival; a request may shorten it, not lengthen it.
     const receivedAt = arrivals.get(req) ?? Date.now();
-    const deadline = receivedAt + Math.min(config.requestTimeoutMs, parsed.timeoutMs ?? Infinity);
-    const late = () =>
-      new PipelineError(
-        ErrorCode.DEADLINE_EXCEEDED,
-        'no result arrived before the request deadline',
-      );
-    const served = await withDeadline(models.all(), deadline, late);
-    const modelId = resolveModel(parsed.modelId, served).model_id;
+    const run = await resolveSubmission(
+      config,
+      models,
+      parsed,
+      receivedAt,
+      config.requestTimeoutMs,
+      Infinity,
+    );
     metrics.imagesPerRequest.observe(parsed.images.length);
     // A client that goes away stops the work still ahead for its images.
     const abandoned = new AbortController();
@@ -287,10 +293,7 @@ export async function buildServer(deps: GatewayDeps) {
       if (!reply.raw.writableFinished) abandoned.abort();
     });
     return runPipeline(deps, parsed, {
-      modelId,
-      params: resolveParams(parsed.params, served.get(modelId)),
-      receivedAt,
-      deadline,
+      ...run,
       onIds: (ids) => inferenceIds.set(req, ids),
       abandoned: abandoned.signal,
     });
@@ -303,11 +306,22 @@ export async function buildServer(deps: GatewayDeps) {
   };
 
   app.post('/infer/object_detection', inferRoute, async (req, reply) => {
-    const parsed = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
+    const { request: parsed } = await parseHttpRequest(req, config.gateway.maxImagesPerRequest);
     if (!parsed.isList) return detectOne(req, reply, parsed);
-    return (await detect(req, reply, parsed)).map((r) => r.response);
+    return responseBody(
+      true,
+      (await detect(req, reply, parsed)).map((r) => r.response),
+    );
   });
   await registerLegacyRoute(app, { admit, guard: apiKeys.guard(), detectOne });
+  registerAsyncRoutes(app, {
+    ...deps,
+    records: new AsyncRequests(redis, keys, config.async.resultTtlSeconds),
+    admission,
+    needsKey,
+    arrivedAt: (req) => arrivals.get(req) ?? Date.now(),
+    logIds: (req, ids) => inferenceIds.set(req, ids),
+  });
   await registerDemoPage(app, { apiKeyRequired: apiKeys.enabled });
 
   app.get('/metrics', config.gateway.metricsRequireKey ? needsKey : {}, async (_req, reply) => {
@@ -351,21 +365,7 @@ export async function buildServer(deps: GatewayDeps) {
 /** Raw image bodies: `image/*` and `application/octet-stream`, with or without parameters. */
 const RAW_IMAGE_TYPES = /^(?:image\/[^\s;]+|application\/octet-stream)\s*(?:;.*)?$/i;
 
-async function parseHttpRequest(req: FastifyRequest, maxImages: number): Promise<ParsedRequest> {
-  const query = req.query as Record<string, unknown>;
-  if (req.isMultipart()) return parseQueryRequest(query, await readMultipartImage(req));
-  if (Buffer.isBuffer(req.body)) return parseQueryRequest(query, req.body);
-  return parseJsonRequest(req.body, maxImages);
-}
-
-interface PipelineRun {
-  modelId: string;
-  /** The request's detection options, with `default`/`best` resolved for the model. */
-  params: DetectionParams;
-  /** Epoch ms when the request arrived. */
-  receivedAt: number;
-  /** Epoch ms by which the request is answered, whatever Redis and the stages do. */
-  deadline: number;
+interface PipelineRun extends Submission {
   onIds: (ids: string[]) => void;
   /** Aborted when the client goes away. */
   abandoned: AbortSignal;
@@ -385,17 +385,7 @@ async function runPipeline(
 ): Promise<Array<ImageResult & { receivedAt: number }>> {
   const { config, keys, redis, waiter } = deps;
   const { modelId, receivedAt, deadline, onIds, abandoned } = run;
-  const jobs: PreJob[] = parsed.images.map((img) => ({
-    id: randomUUID(),
-    modelId,
-    params: run.params,
-    replyTo: deps.gatewayId,
-    receivedAt,
-    deadline,
-    marks: {},
-    autoOrient: parsed.autoOrient,
-    source: img.kind === 'url' ? { kind: 'url', url: img.url } : { kind: 'stored' },
-  }));
+  const jobs = imageJobs(parsed, run, deps.gatewayId);
   onIds(jobs.map((j) => j.id));
   const waits = jobs.map((job) =>
     waiter.wait(job.id, deadline).then((result) => {
@@ -406,27 +396,7 @@ async function runPipeline(
   // An image can fail (and its wait reject) while the jobs are still being enqueued, before
   // anything awaits the waits: mark them handled now; Promise.all below still sees the error.
   for (const w of waits) w.catch(() => {});
-  // One round trip: the images and their jobs go out together on the one connection the queues
-  // share, and Redis runs its commands in order, so no job is seen before its image. A Redis at
-  // its maxmemory refuses the SET and the job's script alike.
-  const store = redis.pipeline();
-  parsed.images.forEach((img, i) => {
-    if (img.kind === 'bytes')
-      store.set(keys.image(jobs[i]!.id), img.bytes, 'EX', config.dataTtlSeconds);
-  });
-  const byUrl = jobs.filter((j) => j.source.kind === 'url');
-  const stored = jobs.filter((j) => j.source.kind === 'stored');
-  const enqueued = Promise.all([
-    execPipeline(store),
-    byUrl.length > 0 &&
-      deps.fetchQueue.addBulk(
-        byUrl.map((data) => ({ name: 'fetch', data, opts: { jobId: data.id } })),
-      ),
-    stored.length > 0 &&
-      deps.preQueue.addBulk(
-        stored.map((data) => ({ name: 'pre', data, opts: { jobId: data.id } })),
-      ),
-  ]);
+  const enqueued = storeAndEnqueue(deps, parsed, jobs, config.dataTtlSeconds);
   const gone = new Promise<never>((_, reject) => {
     const onAbort = () =>
       reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));
@@ -434,7 +404,7 @@ async function runPipeline(
     else abandoned.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    const all = enqueued.then(() => Promise.all(waits));
+    const all = enqueued.then(() => inOrder(waits));
     return await withDeadline(
       Promise.race([all, gone]),
       deadline,
@@ -451,6 +421,17 @@ async function runPipeline(
     redis.del(...jobs.flatMap((job) => keys.requestData(job.id))).catch(() => {});
     throw err;
   }
+}
+
+/**
+ * Every result, in order; when images fail, the error of the first failed one in the request's
+ * order (not the first to fail in time), as an asynchronous request's status reports it. An
+ * image's failure is known as soon as the images before it have their results.
+ */
+async function inOrder<T>(waits: readonly Promise<T>[]): Promise<T[]> {
+  const results: T[] = [];
+  for (const w of waits) results.push(await w);
+  return results;
 }
 
 async function notReadyReasons(redis: Redis, keys: Keys): Promise<string[]> {

@@ -2,7 +2,6 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { withTimeout } from '../../shared/deadline.js';
 import type { Logger } from '../../shared/logger.js';
-
 /**
  * What admission needs to know about Redis, read in the background so no request waits for
  * it: whether Redis answers at all, how full its memory is, and the `pre` backlog. One read
@@ -21,32 +20,53 @@ export interface StoreState {
   usedMemory: number;
   /** Redis `maxmemory`, bytes; 0 when Redis has no limit. */
   maxMemory: number;
-  /** Images waiting in the `pre` queue, in every state of work not yet started (WAITING_STATES). */
+  /**
+   * Images of synchronous requests waiting in the `pre` queue: its `waiting` and `delayed` jobs
+   * (the work ahead of a new synchronous image; asynchronous images, `prioritized`, wait behind
+   * it and are counted by asyncBacklog).
+   */
   backlog: number;
+  /**
+   * Images of asynchronous requests not yet started in their stage: the `prioritized` jobs of
+   * every stage queue (only asynchronous images have a priority; ASYNC_PRIORITY).
+   */
+  asyncBacklog: number;
   /** Epoch ms of the latest read that answered. */
   readAt: number;
 }
 
 /**
- * One read of the state in one round trip and one command, instead of `INFO memory` and BullMQ's
- * getCounts script: `used_memory` and `maxmemory` from INFO, and the backlog, counted in the
- * keys of WAITING_STATES (the list `wait`, the sorted sets `prioritized` and `delayed`: what
- * getCounts reads for them, and what the autoscaler's ScaledObjects read).
+ * One read of the state in one round trip and one command, instead of `INFO memory` and one
+ * BullMQ getCounts script per queue: `used_memory` and `maxmemory` from INFO; the backlog, the
+ * `pre` queue's `wait` list and `delayed` set (what getCounts reads for `waiting` and
+ * `delayed`, and what the autoscaler's ScaledObjects read); the asynchronous backlog, the
+ * `prioritized` sets of the stage queues.
  *
- * KEYS: the queue's wait, prioritized and delayed keys. Returns [used_memory, maxmemory, backlog].
+ * KEYS: `pre`'s wait and delayed keys, then each stage queue's prioritized key.
+ * Returns [used_memory, maxmemory, backlog, asyncBacklog].
  */
 const READ_STATE_LUA = `
 local info = redis.call('INFO', 'memory')
+local prioritized = 0
+for i = 3, #KEYS do prioritized = prioritized + redis.call('ZCARD', KEYS[i]) end
 return {
   tonumber(string.match(info, '\\nused_memory:(%d+)')) or 0,
   tonumber(string.match(info, '\\nmaxmemory:(%d+)')) or 0,
-  redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
+  redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]),
+  prioritized
 }`;
 
 /** The gateway connection with READ_STATE_LUA defined on it (ioredis defineCommand: EVALSHA). */
 type StateReader = Redis & {
-  readStoreState(wait: string, prioritized: string, delayed: string): Promise<number[]>;
+  readStoreState(numberOfKeys: number, ...keys: string[]): Promise<number[]>;
 };
+
+/** A BullMQ key of `queue` (`wait`, `delayed`, `prioritized` …), as BullMQ names it. */
+function keyOf(queue: Queue, type: string): string {
+  const key = queue.keys[type];
+  if (key === undefined) throw new Error(`BullMQ names no '${type}' key`);
+  return key;
+}
 
 /** Reads Redis's state in the background for admission and readiness (see above). */
 export class StoreMonitor {
@@ -55,32 +75,35 @@ export class StoreMonitor {
     usedMemory: 0,
     maxMemory: 0,
     backlog: 0,
+    asyncBacklog: 0,
     readAt: Date.now(),
   };
   private readonly timer: NodeJS.Timeout;
   private reading = false;
   private readonly reader: StateReader;
-  /** The `pre` queue's keys READ_STATE_LUA counts. */
-  private readonly backlogKeys: [string, string, string];
+  /** The keys READ_STATE_LUA reads (see there). */
+  private readonly stateKeys: string[];
 
   /**
    * @param redis the gateway's command connection (a read queued behind a stuck command is
    *   exactly what a request would see)
    * @param preQueue the queue whose backlog admission limits
+   * @param stageQueues every stage queue (`fetch`, `pre`, `infer`, `post`), for asyncBacklog
    */
   constructor(
     redis: Redis,
     preQueue: Queue,
+    stageQueues: readonly Queue[],
     private readonly log: Logger,
   ) {
-    redis.defineCommand('readStoreState', { numberOfKeys: 3, lua: READ_STATE_LUA });
+    // The number of keys is given at each call (the stage queues' count).
+    redis.defineCommand('readStoreState', { lua: READ_STATE_LUA });
     this.reader = redis as StateReader;
-    const key = (state: string) => {
-      const k = preQueue.keys[state];
-      if (k === undefined) throw new Error(`BullMQ names no '${state}' key`);
-      return k;
-    };
-    this.backlogKeys = [key('wait'), key('prioritized'), key('delayed')];
+    this.stateKeys = [
+      keyOf(preQueue, 'wait'),
+      keyOf(preQueue, 'delayed'),
+      ...stageQueues.map((q) => keyOf(q, 'prioritized')),
+    ];
     this.timer = setInterval(() => void this.read(), READ_INTERVAL_MS);
     this.timer.unref();
   }
@@ -100,12 +123,19 @@ export class StoreMonitor {
     if (this.reading) return;
     this.reading = true;
     try {
-      const [usedMemory = 0, maxMemory = 0, backlog = 0] = await withTimeout(
-        this.reader.readStoreState(...this.backlogKeys),
+      const [usedMemory = 0, maxMemory = 0, backlog = 0, asyncBacklog = 0] = await withTimeout(
+        this.reader.readStoreState(this.stateKeys.length, ...this.stateKeys),
         READ_TIMEOUT_MS,
         () => new Error(`Redis did not answer within ${READ_TIMEOUT_MS} ms`),
       );
-      this.state = { reachable: true, usedMemory, maxMemory, backlog, readAt: Date.now() };
+      this.state = {
+        reachable: true,
+        usedMemory,
+        maxMemory,
+        backlog,
+        asyncBacklog,
+        readAt: Date.now(),
+      };
     } catch (err) {
       if (this.state.reachable) this.log.warn({ err }, 'Redis does not answer');
       this.state = { ...this.state, reachable: false };

@@ -22,6 +22,13 @@
  *
  * Items whose deadline has passed are dropped at dispatch time: expired images never reach
  * the model.
+ *
+ * Within a lane, items of a more urgent class (`priorityOf`: synchronous requests' images
+ * before asynchronous ones) join the queue ahead of less urgent ones, in arrival order within
+ * a class, and a batch holds items of one class only: an urgent image that arrives while a long
+ * background list waits goes into the next batch, with the other urgent images only, so it
+ * waits for the batch already running but does not pay for a batch filled with background
+ * images (on a CPU a batch costs about its size times one image).
  */
 export interface SchedulerOptions<I, O> {
   maxDelayMs: number;
@@ -37,6 +44,12 @@ export interface SchedulerOptions<I, O> {
   expiredError: (item: I) => Error;
   /** How many times in a row a lane may be passed over for another lane's full batch. */
   maxSkips?: number;
+  /**
+   * An item's urgency class: lower goes first within its lane (see above).
+   *
+   * @defaultValue every item 0 (arrival order)
+   */
+  priorityOf?: (item: I) => number;
 }
 
 interface Waiting<I, O> {
@@ -44,6 +57,8 @@ interface Waiting<I, O> {
   arrivedAt: number;
   /** Arrival order across lanes (clock ticks are too coarse to order arrivals). */
   seq: number;
+  /** Urgency class (priorityOf). */
+  priority: number;
   resolve: (o: O) => void;
   reject: (e: unknown) => void;
 }
@@ -70,7 +85,19 @@ export class BatchScheduler<I, O> {
     if (this.closed) return Promise.reject(new Error('the batcher is closed'));
     const lane = this.lane(this.opts.laneOf(item));
     return new Promise<O>((resolve, reject) => {
-      lane.queue.push({ item, arrivedAt: Date.now(), seq: this.arrivals++, resolve, reject });
+      const priority = this.opts.priorityOf?.(item) ?? 0;
+      const waiting = {
+        item,
+        arrivedAt: Date.now(),
+        seq: this.arrivals++,
+        priority,
+        resolve,
+        reject,
+      };
+      // Behind every item of its class or a more urgent one, ahead of the less urgent ones.
+      const at = lane.queue.findIndex((w) => w.priority > priority);
+      if (at < 0) lane.queue.push(waiting);
+      else lane.queue.splice(at, 0, waiting);
       if (lane.queue.length >= this.opts.maxBatchOf(lane.id) || !this.running) this.markDue(lane);
       else if (lane.queue.length === 1) this.armTimer(lane, this.opts.maxDelayMs);
     });
@@ -151,7 +178,14 @@ export class BatchScheduler<I, O> {
     const maxBatch = this.opts.maxBatchOf(lane.id);
     const now = Date.now();
     const batch: Waiting<I, O>[] = [];
-    while (batch.length < maxBatch && lane.queue.length > 0) {
+    // One class per batch (the queue is ordered by class): an urgent image runs with the urgent
+    // images waiting, not in a batch filled up with background ones.
+    const priority = lane.queue[0]?.priority;
+    while (
+      batch.length < maxBatch &&
+      lane.queue.length > 0 &&
+      lane.queue[0]!.priority === priority
+    ) {
       const w = lane.queue.shift()!;
       if (this.opts.deadlineOf(w.item) < now) w.reject(this.opts.expiredError(w.item));
       else batch.push(w);

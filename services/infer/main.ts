@@ -1,3 +1,4 @@
+import { asyncRequestOf } from '../../shared/async-requests.js';
 import { CANDIDATE_STRIDE, encodeCandidates } from '../../shared/candidates.js';
 import {
   ModelCommandSchema,
@@ -7,6 +8,8 @@ import {
   type InferJob,
   type ModelDescription,
 } from '../../shared/contracts.js';
+import type { Logger } from '../../shared/logger.js';
+import { dataTtlSeconds } from '../../shared/deadline.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { modelsPayload } from '../../shared/model-directory.js';
 import { createQueue, storeAndEnqueue } from '../../shared/queues.js';
@@ -65,6 +68,8 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     laneOf: (item) => item.job.modelId,
     maxBatchOf: (modelId) => pool.maxBatchOf(modelId),
     deadlineOf: (item) => item.job.deadline,
+    // Synchronous images (someone waits) go into the next batch ahead of asynchronous ones.
+    priorityOf: (item) => (asyncRequestOf(item.job.replyTo) === undefined ? 0 : 1),
     expiredError: () =>
       new PipelineError(
         ErrorCode.DEADLINE_EXCEEDED,
@@ -124,44 +129,56 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
 
   waiting = () => scheduler.waiting;
 
+  /** One image of either queue: its batch, then its candidates in Redis and its `post` job. */
+  const inferOne = async (job: InferJob, jobLog: Logger): Promise<void> => {
+    if (!pool.has(job.modelId)) {
+      throw new PipelineError(
+        ErrorCode.MODEL_NOT_FOUND,
+        `model '${job.modelId}' is not served by this process`,
+      );
+    }
+    const pixels = await client.getBuffer(keys.pixels(job.id));
+    if (!pixels)
+      throw new PipelineError(
+        ErrorCode.DATA_EXPIRED,
+        'the preprocessed image is no longer in Redis',
+      );
+    const result = await scheduler.submit({ job, pixels });
+    // The pixels stay until `post` finishes the image, so a retry after a crash finds them.
+    await storeAndEnqueue(
+      client,
+      keys.candidates(job.id),
+      encodeCandidates(result.candidates),
+      dataTtlSeconds(job.deadline, config.dataTtlSeconds),
+      postQueue,
+      {
+        ...contextOf(job),
+        marks: { ...job.marks, inferStart: result.inferStart, inferEnd: result.inferEnd },
+        letterbox: job.letterbox,
+        batchSize: result.batchSize,
+      },
+    );
+    jobLog.debug(
+      { batchSize: result.batchSize, candidates: result.candidates.length / CANDIDATE_STRIDE },
+      'inferred',
+    );
+  };
+
   const batchLimit = pool.descriptions().reduce((sum, d) => sum + d.batch_size, 0);
   return {
     // Twice the batch sizes, so the next batches fill while one runs.
     concurrency: Math.min(1024, batchLimit * 2),
     heartbeatPayload: () => modelsPayload(pool.descriptions()),
-    process: async (job, jobLog) => {
-      if (!pool.has(job.modelId)) {
-        throw new PipelineError(
-          ErrorCode.MODEL_NOT_FOUND,
-          `model '${job.modelId}' is not served by this process`,
-        );
-      }
-      const pixels = await client.getBuffer(keys.pixels(job.id));
-      if (!pixels)
-        throw new PipelineError(
-          ErrorCode.DATA_EXPIRED,
-          'the preprocessed image is no longer in Redis',
-        );
-      const result = await scheduler.submit({ job, pixels });
-      // The pixels stay until `post` finishes the image, so a retry after a crash finds them.
-      await storeAndEnqueue(
-        client,
-        keys.candidates(job.id),
-        encodeCandidates(result.candidates),
-        config.dataTtlSeconds,
-        postQueue,
-        {
-          ...contextOf(job),
-          marks: { ...job.marks, inferStart: result.inferStart, inferEnd: result.inferEnd },
-          letterbox: job.letterbox,
-          batchSize: result.batchSize,
-        },
-      );
-      jobLog.debug(
-        { batchSize: result.batchSize, candidates: result.candidates.length / CANDIDATE_STRIDE },
-        'inferred',
-      );
-    },
+    process: inferOne,
+    // Asynchronous requests' images, on a queue of their own (its job slots never hold back a
+    // synchronous image), into the same batcher, behind synchronous ones (priorityOf).
+    extraQueues: [
+      {
+        queue: QueueName.inferAsync,
+        concurrency: Math.min(1024, batchLimit * 2),
+        process: inferOne,
+      },
+    ],
     close: [
       ['model control', () => closeRedis(control)],
       ['batcher', () => Promise.resolve(scheduler.close())],

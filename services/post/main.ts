@@ -3,7 +3,6 @@ import { decodeCandidates } from '../../shared/candidates.js';
 import { QueueName, nowMs } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
-import { sendResult } from '../../shared/reply.js';
 import { runStage } from '../../shared/stage-process.js';
 import { buildResponse } from './postprocess.js';
 import { PixelBudget } from './pixel-budget.js';
@@ -12,15 +11,15 @@ import { drawPredictions } from './visualize.js';
 /**
  * The `post` stage: takes each image's candidates from Redis, runs NMS and maps the boxes back
  * to the original image (postprocess.ts), draws them on the image when asked (visualize.ts),
- * and pushes the finished response to the reply list of the gateway instance that is waiting
- * for it.
+ * and sends the finished response to the reply list of the gateway instance that is waiting
+ * for it, or to its asynchronous request's record (shared/reply.ts).
  */
 // One drawing uses one core; libvips keeps no cache of decoded images between drawings (each
 // original is drawn once), so its memory goes back once a drawing is done.
 sharp.concurrency(1);
 sharp.cache(false);
 
-runStage(QueueName.post, ({ config, log, keys, client }) => {
+runStage(QueueName.post, ({ config, log, keys, client, completion }) => {
   const models = new ModelDirectory(client, keys, log);
   const budget = new PixelBudget(config.post.visualizeMaxPixels);
   return {
@@ -55,12 +54,9 @@ runStage(QueueName.post, ({ config, log, keys, client }) => {
         response.visualization = drawn.toString('base64');
       }
       // The image is finished: its data in every stage's key goes with the answer.
-      await sendResult(
-        client,
-        keys,
+      await completion.results.send(
         job.replyTo,
         { id: job.id, ok: true, response, marks: { ...job.marks, postStart, postEnd: nowMs() } },
-        config.dataTtlSeconds,
         keys.requestData(job.id),
       );
       log.debug(

@@ -6,7 +6,7 @@ import type { Redis } from 'ioredis';
 import type { PreJob } from '../../shared/contracts.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
-import { isPublicAddress } from './url-guard.js';
+import { isPublicAddress } from '../../shared/url-guard.js';
 
 /**
  * Where the `pre` processes get an image's bytes: from Redis, where the gateway stored the
@@ -16,7 +16,7 @@ import { isPublicAddress } from './url-guard.js';
  * own (the `fetch` queue), so a slow remote host never holds a decoding slot.
  */
 export interface UrlPolicy {
-  /** Allow loopback, private and link-local addresses (off by default: see url-guard.ts). */
+  /** Allow loopback, private and link-local addresses (off by default: see shared/url-guard.ts). */
   allowPrivate: boolean;
   /** Largest download, bytes. */
   maxBytes: number;
@@ -73,10 +73,7 @@ export async function fetchImage(
     if (current.protocol !== 'http:' && current.protocol !== 'https:')
       throw fail('only http and https URLs are fetched');
     // Node connects to an IP literal without a DNS lookup, so check those here.
-    const host = current.hostname.replace(/^\[|\]$/g, '');
-    if (!policy.allowPrivate && isIP(host) !== 0 && !isPublicAddress(host)) {
-      throw new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(host));
-    }
+    checkHost(current.hostname, policy.allowPrivate);
     // The rate floor counts from the request, so a host slow to answer is held to it too.
     const hopStart = Date.now();
     const res = await get(current, until, late, policy).catch((err: unknown) => {
@@ -200,7 +197,7 @@ export type Resolver = (
 
 /**
  * A DNS lookup for node's http(s) `lookup` option that only hands out the addresses the policy
- * allows (see url-guard.ts): every address `resolve` returns is checked, the refused ones are
+ * allows (see shared/url-guard.ts): every address `resolve` returns is checked, the refused ones are
  * dropped, and when none is left the lookup fails with IMAGE_FETCH_FAILED, so no connection is
  * attempted.
  *
@@ -217,7 +214,7 @@ export function guardedLookup(
         ? addresses
         : addresses.filter((a) => isPublicAddress(a.address));
       if (allowed.length === 0) {
-        const error = new PipelineError(ErrorCode.IMAGE_FETCH_FAILED, privateMessage(hostname));
+        const error = addressRefused(hostname);
         return callback(error, '', 4);
       }
       if (options.all) return callback(null, allowed, 4);
@@ -227,6 +224,35 @@ export function guardedLookup(
   };
 }
 
-function privateMessage(host: string): string {
-  return `${host} is (or resolves to) a private, loopback or link-local address, or another that is not a public internet address, which image URLs may not reach`;
+/**
+ * The error of a host the policy does not let a URL reach (IMAGE_FETCH_FAILED, recognised by
+ * isAddressRefusal).
+ */
+function addressRefused(host: string): PipelineError {
+  return new PipelineError(
+    ErrorCode.IMAGE_FETCH_FAILED,
+    `${host} is (or resolves to) a private, loopback or link-local address, or another that is not a public internet address, which image and webhook URLs may not reach`,
+    { addressRefused: true },
+  );
+}
+
+/**
+ * Whether `err` is the guard's refusal of an address (from guardedLookup, or a URL's IP
+ * literal checked by checkHost), rather than a network failure.
+ */
+export function isAddressRefusal(err: unknown): boolean {
+  return err instanceof PipelineError && err.details?.['addressRefused'] === true;
+}
+
+/**
+ * Refuses, before any connection, a URL host that is an IP literal the policy does not let a
+ * URL reach (Node connects to a literal without a DNS lookup, so guardedLookup never sees it);
+ * a host name passes here and is checked on its resolved addresses.
+ *
+ * @param host the URL's hostname, IPv6 literals with or without brackets
+ * @throws PipelineError IMAGE_FETCH_FAILED (isAddressRefusal) for a refused literal
+ */
+export function checkHost(host: string, allowPrivate: boolean): void {
+  const bare = host.replace(/^\[|\]$/g, '');
+  if (!allowPrivate && isIP(bare) !== 0 && !isPublicAddress(bare)) throw addressRefused(bare);
 }

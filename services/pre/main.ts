@@ -2,29 +2,51 @@ import sharp from 'sharp';
 import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue, storeAndEnqueue } from '../../shared/queues.js';
-import { cleanupWithRedis } from '../../shared/redis.js';
+import { asyncRequestOf } from '../../shared/async-requests.js';
+import { webhookSecret } from '../../shared/config.js';
+import { dataTtlSeconds } from '../../shared/deadline.js';
+import { cleanupWithRedis, createRedis } from '../../shared/redis.js';
 import { runStage } from '../../shared/stage-process.js';
 import { fetchImage, loadStoredImage } from './image-source.js';
 import { letterboxImage } from './preprocess.js';
+import { startAsyncWorkers } from './async-workers.js';
 
 /**
  * The `pre` stage: takes jobs from the `pre` queue, reads the image's bytes from Redis,
  * decodes, orients and letterboxes it with sharp to the model's input size, stores the uint8
- * pixels in Redis and enqueues the image on the `infer` queue.
+ * pixels in Redis and enqueues the image on the `infer` queue (an asynchronous request's on
+ * `infer-async`).
  *
  * The same process serves the `fetch` queue with a worker of its own: images given by URL are
  * downloaded there (URL_FETCH_CONCURRENCY at once, each within URL_FETCH_TIMEOUT_MS), stored
  * like uploads and put on the `pre` queue. Downloads wait on the network, decoding on the CPU:
  * kept apart, a slow remote host delays only its own requests, never an upload's decoding.
+ * It also runs the workers of asynchronous requests (async-workers.ts): their deadlines and
+ * webhook deliveries, which use the same address guard as image URLs.
  */
 
 // Each job is one image; libvips' own thread pool per image would only fight the job
 // concurrency for the same cores.
 sharp.concurrency(1);
 
-runStage(QueueName.pre, ({ config, log, keys, client }) => {
+runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, completion }) => {
   const models = new ModelDirectory(client, keys, log);
+  const { policy } = config.pre.fetch;
+  const closeAsyncWorkers = startAsyncWorkers({
+    connect: (name) => createRedis(config.redis.url, `${name}:${instanceId}`, 'worker', log),
+    keys,
+    log,
+    registry,
+    completion,
+    secret: webhookSecret(config.async),
+    policy: {
+      allowPrivate: policy.allowPrivate,
+      connectTimeoutMs: policy.connectTimeoutMs,
+      totalTimeoutMs: policy.totalTimeoutMs,
+    },
+  });
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix, log);
+  const inferAsyncQueue = createQueue(QueueName.inferAsync, client, keys.prefix, log);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix, log);
   return {
     concurrency: config.pre.concurrency,
@@ -45,17 +67,14 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
       // The upload stays until `post` finishes the image: a retry of this job after a crash
       // between here and the enqueue must still find it.
       const marks = { ...job.marks, preStart, preEnd: nowMs() };
+      const next = { ...contextOf(job), marks, letterbox };
       await storeAndEnqueue(
         client,
         keys.pixels(job.id),
         pixels,
-        config.dataTtlSeconds,
-        inferQueue,
-        {
-          ...contextOf(job),
-          marks,
-          letterbox,
-        },
+        dataTtlSeconds(job.deadline, config.dataTtlSeconds),
+        asyncRequestOf(job.replyTo) === undefined ? inferQueue : inferAsyncQueue,
+        next,
       );
       log.debug(
         { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
@@ -78,22 +97,22 @@ runStage(QueueName.pre, ({ config, log, keys, client }) => {
             client,
             keys.image(job.id),
             bytes,
-            config.dataTtlSeconds,
+            dataTtlSeconds(job.deadline, config.dataTtlSeconds),
             preQueue,
-            {
-              ...job,
-              source: { kind: 'stored' },
-            },
+            { ...job, source: { kind: 'stored' } },
           );
           log.debug({ ms: performance.now() - started, bytes: bytes.length }, 'fetched');
         },
       },
     ],
     close: [
+      ['asynchronous workers', closeAsyncWorkers],
       [
         'queues',
         () =>
-          cleanupWithRedis(client, () => Promise.all([inferQueue, preQueue].map((q) => q.close()))),
+          cleanupWithRedis(client, () =>
+            Promise.all([inferQueue, inferAsyncQueue, preQueue].map((q) => q.close())),
+          ),
       ],
     ],
   };

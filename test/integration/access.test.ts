@@ -69,6 +69,16 @@ test('API keys: required on inference and admin routes, accepted from body, quer
   });
   assert.equal(raw.status, 200, raw.text);
 
+  // The asynchronous routes likewise.
+  assert.equal((await call('/async/infer/object_detection', json({}))).status, 401);
+  const accepted = await call('/async/infer/object_detection', json({ api_key: INLINE[0] }));
+  assert.equal(accepted.status, 202, accepted.text);
+  const statusUrl = (JSON.parse(accepted.text) as { status_url: string }).status_url;
+  assert.equal((await call(statusUrl)).status, 401);
+  assert.equal((await call(statusUrl, { method: 'DELETE' })).status, 401);
+  assert.equal((await call(statusUrl, bearer)).status, 200);
+  assert.equal((await call(statusUrl, { method: 'DELETE', ...bearer })).status, 204);
+
   for (const open of ['/healthz', '/readyz', '/docs/json'])
     assert.equal((await call(open)).status, 200, open);
 

@@ -189,4 +189,32 @@ describe('demo page', () => {
     await assertOutlined(page, shown.predictions[0]!);
     await screenshot(page, 'demo-page-api-key.png');
   });
+
+  test('submits asynchronously, shows the status, then draws the result', async () => {
+    const stack = await serve({});
+    const { page, errors } = await openPage(`${stack.url}/`);
+    await page.waitForFunction(modelsListed);
+    await page.check('#async');
+    const image = await drawImage(400, 300, [{ colour: 'blue', x: 100, y: 80, w: 120, h: 90 }]);
+    await page.setInputFiles('#file', { name: 'async.png', mimeType: 'image/png', buffer: image });
+    await page.waitForSelector('#predictions li[data-class="blue"]', { timeout: 30_000 });
+    await page.waitForSelector('#status:has-text("found in async.png")');
+    // The page went through the asynchronous route and polled its status until completed.
+    const id = await page.getAttribute('#status', 'data-async-id');
+    assert.match(id ?? '', /^[0-9a-f-]{36}$/);
+    assert.equal(await page.getAttribute('#status', 'data-async-status'), 'completed');
+    const status = (await (await fetch(`${stack.url}/async/${id}`)).json()) as {
+      status: string;
+      result: { predictions: ShownPrediction[] };
+    };
+    assert.equal(status.status, 'completed');
+    const shown = JSON.parse((await page.textContent('#json')) ?? '') as {
+      predictions: ShownPrediction[];
+    };
+    assert.deepEqual(shown, status.result, 'the page shows the result of the status document');
+    await assertOutlined(page, shown.predictions[0]!);
+    assert.equal(await page.isVisible('#timings'), false);
+    assert.deepEqual(errors, []);
+    await screenshot(page, 'demo-page-async.png');
+  });
 });

@@ -192,4 +192,44 @@ describe('observability', () => {
     assert.equal((await fetch(`${stack.url}/docs`)).status, 200);
     assert.equal((await fetch(`${stack.url}/admin/queues`)).status, 200);
   });
+
+  test('/docs documents the asynchronous routes with the shapes they answer; metrics count them', async () => {
+    const doc = (await (await fetch(`${stack.url}/docs/json`)).json()) as {
+      paths: Record<
+        string,
+        Record<string, { requestBody?: unknown; responses: Record<string, unknown> }>
+      >;
+    };
+    const schemaOf = (path: string, method: string, status: string) => {
+      const r = doc.paths[path]?.[method]?.responses[status] as
+        { content?: Record<string, { schema: object }> } | undefined;
+      return r?.content?.['application/json']?.schema;
+    };
+    const ajv = new Ajv({ strict: false });
+    (addFormatsModule as unknown as (a: Ajv) => void)(ajv);
+    assert.ok(doc.paths['/async/infer/object_detection']?.['post']?.requestBody);
+    const accepted = await postJson(stack, '/async/infer/object_detection', await request());
+    assert.equal(accepted.status, 202);
+    const acceptedSchema = schemaOf('/async/infer/object_detection', 'post', '202');
+    assert.ok(
+      acceptedSchema && ajv.validate(acceptedSchema, accepted.body),
+      JSON.stringify(ajv.errors),
+    );
+    const id = (accepted.body as { inference_id: string }).inference_id;
+    let status: { status: string } = { status: 'queued' };
+    await eventually('the asynchronous request finished', async () => {
+      status = (await (await fetch(`${stack.url}/async/${id}`)).json()) as { status: string };
+      return status.status === 'completed';
+    });
+    const statusSchema = schemaOf('/async/{inference_id}', 'get', '200');
+    assert.ok(statusSchema && ajv.validate(statusSchema, status), JSON.stringify(ajv.errors));
+    assert.ok(!ajv.validate(statusSchema, { ...status, status: 'done' }), 'the schema can reject');
+    assert.ok(doc.paths['/async/{inference_id}']?.['delete']?.responses['204']);
+    assert.equal(sample(await scrape('gateway'), 'sd_async_requests_accepted_total'), 1);
+    // Counted by whichever process finished it (the last image's `post`, here).
+    assert.equal(
+      sample(await scrape('post'), 'sd_async_requests_finished_total', { status: 'completed' }),
+      1,
+    );
+  });
 });

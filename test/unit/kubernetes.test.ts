@@ -392,10 +392,13 @@ describe('queue-depth autoscaling: what BullMQ writes and the gauge reports', ()
       assert.match(text, new RegExp(`^sd_queue_jobs\\{queue="pre",state="${state}"\\} 1$`, 'm'));
     }
 
-    const monitor = new StoreMonitor(client, queue, createLogger('test', 'silent'));
+    const monitor = new StoreMonitor(client, queue, [queue], createLogger('test', 'silent'));
     try {
       await new Promise((resolve) => setTimeout(resolve, 600));
-      assert.equal(monitor.current.backlog, 3, 'admission counts every waiting state');
+      // Synchronous admission counts what waits ahead of a synchronous image (no priority);
+      // asynchronous admission the prioritized jobs (only asynchronous images have one).
+      assert.equal(monitor.current.backlog, 2, 'synchronous backlog: waiting and delayed');
+      assert.equal(monitor.current.asyncBacklog, 1, 'asynchronous backlog: prioritized');
     } finally {
       monitor.close();
       await queue.obliterate({ force: true });

@@ -8,7 +8,7 @@ import {
   type Resolver,
   type UrlPolicy,
 } from '../../services/pre/image-source.js';
-import { isPublicAddress } from '../../services/pre/url-guard.js';
+import { isPublicAddress } from '../../shared/url-guard.js';
 import { PipelineError } from '../../shared/errors.js';
 
 /** Addresses no image URL may reach, each in the notation a client might use. */

@@ -1,11 +1,18 @@
-import type { DetectionResponse, Prediction } from '../../../shared/contracts.js';
+import type {
+  AsyncAccepted,
+  AsyncStatus,
+  DetectionResponse,
+  Prediction,
+} from '../../../shared/contracts.js';
 import type { ErrorBody } from '../../../shared/errors.js';
 import { boxColour } from '../../../shared/palette.js';
 
 /**
  * The demo page served at `/`: pick a model and a confidence, choose or drop an image, and see
  * the predictions drawn over it, the JSON response, and the time each stage took (from the
- * response's Server-Timing header). It calls the public API only, as any client would.
+ * response's Server-Timing header). With "Submit asynchronously" it posts to the asynchronous
+ * route instead and polls the status URL, showing the status and progress until the result
+ * arrives. It calls the public API only, as any client would.
  */
 function element<T extends HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -19,6 +26,7 @@ const ui = {
   model: element<HTMLSelectElement>('model'),
   confidence: element<HTMLInputElement>('confidence'),
   confidenceValue: element<HTMLOutputElement>('confidence-value'),
+  async: element<HTMLInputElement>('async'),
   drop: element<HTMLLabelElement>('drop'),
   file: element<HTMLInputElement>('file'),
   status: element<HTMLParagraphElement>('status'),
@@ -83,9 +91,12 @@ async function loadModels(): Promise<void> {
 async function detect(file: File): Promise<void> {
   const mine = ++run;
   setStatus(`Detecting objects in ${file.name}…`);
+  ui.status.removeAttribute('data-async-id');
   const query = new URLSearchParams({ confidence: ui.confidence.value });
   if (ui.model.value) query.set('model_id', ui.model.value);
-  const res = await fetch(`/infer/object_detection?${query.toString()}`, {
+  const asynchronous = ui.async.checked;
+  const route = asynchronous ? '/async/infer/object_detection' : '/infer/object_detection';
+  const res = await fetch(`${route}?${query.toString()}`, {
     method: 'POST',
     headers: { 'content-type': file.type || 'application/octet-stream', ...authHeaders() },
     body: file,
@@ -96,13 +107,63 @@ async function detect(file: File): Promise<void> {
     setStatus(await errorText(res), true);
     return;
   }
-  const body = (await res.json()) as DetectionResponse;
+  if (asynchronous) {
+    const accepted = (await res.json()) as AsyncAccepted;
+    const body = await awaitResult(accepted, mine);
+    if (body) await show(file, body, null, mine);
+    return;
+  }
+  await show(file, (await res.json()) as DetectionResponse, res.headers.get('server-timing'), mine);
+}
+
+/** How often the status of an asynchronous request is polled, ms. */
+const POLL_MS = 250;
+
+/**
+ * Polls an asynchronous request's status URL, showing its status and progress, until it is
+ * finished: its result, or undefined (its error shown) when it failed or a newer run began.
+ */
+async function awaitResult(
+  accepted: AsyncAccepted,
+  mine: number,
+): Promise<DetectionResponse | undefined> {
+  ui.status.dataset['asyncId'] = accepted.inference_id;
+  for (;;) {
+    const res = await fetch(accepted.status_url, { headers: authHeaders() });
+    if (mine !== run) return undefined;
+    if (!res.ok) {
+      setStatus(await errorText(res), true);
+      return undefined;
+    }
+    const doc = (await res.json()) as AsyncStatus;
+    ui.status.dataset['asyncStatus'] = doc.status;
+    if (doc.status === 'failed') {
+      setStatus(doc.error ? `${doc.error.code}: ${doc.error.message}` : 'failed', true);
+      return undefined;
+    }
+    if (doc.status === 'completed' && doc.result) {
+      return Array.isArray(doc.result) ? doc.result[0] : doc.result;
+    }
+    setStatus(
+      `Asynchronous request ${doc.status}: ${doc.images_done} of ${doc.images_total} image${doc.images_total === 1 ? '' : 's'} done…`,
+    );
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
+/** Draws a response over its image, lists its predictions, the JSON and the stage times. */
+async function show(
+  file: File,
+  body: DetectionResponse,
+  serverTiming: string | null,
+  mine: number,
+): Promise<void> {
   // Browsers apply the EXIF orientation here, as the server does: boxes are in oriented pixels.
   const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image' });
   if (mine !== run) return;
   draw(bitmap, body);
   listPredictions(body.predictions);
-  showTimings(res.headers.get('server-timing'));
+  showTimings(serverTiming);
   ui.json.textContent = JSON.stringify(body, null, 2);
   const n = body.predictions.length;
   setStatus(`${n} object${n === 1 ? '' : 's'} found in ${file.name}.`);
@@ -212,6 +273,7 @@ function start(): void {
   });
   ui.confidence.addEventListener('change', () => choose(current ?? undefined));
   ui.model.addEventListener('change', () => choose(current ?? undefined));
+  ui.async.addEventListener('change', () => choose(current ?? undefined));
   ui.file.addEventListener('change', () => choose(ui.file.files?.[0]));
   ui.drop.addEventListener('dragover', (e) => {
     e.preventDefault();

@@ -1,7 +1,7 @@
 import ipaddr from 'ipaddr.js';
 
 /**
- * Which addresses an image URL may reach. By default only global unicast addresses: never
+ * Which addresses an image URL (or a webhook URL) may reach. By default only global unicast addresses: never
  * loopback, private, link-local (where cloud metadata services live), carrier-grade NAT,
  * multicast, unspecified, broadcast, documentation, benchmarking or reserved ranges, so a client
  * cannot make the server fetch from inside its own network (server-side request forgery).

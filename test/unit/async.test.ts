@@ -1,0 +1,378 @@
+import assert from 'node:assert/strict';
+import { createHmac, randomUUID } from 'node:crypto';
+import { describe, test } from 'node:test';
+import { BatchScheduler } from '../../services/infer/batcher.js';
+import { parseWebhookUrl } from '../../services/gateway/async-routes.js';
+import type { FieldSource } from '../../services/gateway/submit.js';
+import { Admission } from '../../services/gateway/admission.js';
+import type { StoreState } from '../../services/gateway/store-monitor.js';
+import { postWebhook, webhookSignature } from '../../services/pre/webhook.js';
+import { isAddressRefusal } from '../../services/pre/image-source.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import {
+  asyncReplyTo,
+  asyncRequestOf,
+  statusDocument,
+  type AsyncRecord,
+} from '../../shared/async-requests.js';
+import { ConfigError, loadConfig, webhookSecret } from '../../shared/config.js';
+import {
+  AsyncStatusSchema,
+  type DetectionResponse,
+  type ResultMessage,
+} from '../../shared/contracts.js';
+import { PipelineError } from '../../shared/errors.js';
+import { imageJobOptions } from '../../shared/queues.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** The pure parts of asynchronous requests: status documents, webhook checks, priorities. */
+
+function response(width: number): DetectionResponse {
+  return {
+    inference_id: randomUUID(),
+    time: 0.1,
+    image: { width, height: 10 },
+    predictions: [],
+  };
+}
+
+function record(images: string[], extra: Partial<AsyncRecord> = {}): AsyncRecord {
+  return {
+    meta: { createdAt: 1_000, deadline: 10_000, images, isList: images.length > 1 },
+    done: 0,
+    startedAt: undefined,
+    completedAt: undefined,
+    webhook: undefined,
+    results: new Map(),
+    ...extra,
+  };
+}
+
+const ok = (id: string, width: number): ResultMessage => ({
+  id,
+  ok: true,
+  response: response(width),
+  marks: {},
+});
+
+describe('status documents', () => {
+  test('queued, running, completed: the result is the synchronous body', () => {
+    const ids = ['a', 'b'];
+    const queued = statusDocument('r', record(ids), 5_000);
+    assert.equal(queued.status, 'queued');
+    assert.deepEqual([queued.images_total, queued.images_done], [2, 0]);
+    assert.equal(queued.created_at, new Date(1_000).toISOString());
+    assert.equal(statusDocument('r', record(ids, { startedAt: 2_000 }), 5_000).status, 'running');
+
+    const results = new Map([
+      ['b', ok('b', 20)],
+      ['a', ok('a', 10)],
+    ]);
+    const done = statusDocument('r', record(ids, { done: 2, completedAt: 3_000, results }));
+    assert.equal(done.status, 'completed');
+    assert.equal(done.completed_at, new Date(3_000).toISOString());
+    // In the request's order, as the synchronous route answers a list.
+    assert.deepEqual(
+      (done.result as DetectionResponse[]).map((r) => r.image.width),
+      [10, 20],
+    );
+    AsyncStatusSchema.parse(done);
+
+    const one = statusDocument(
+      'r',
+      record(['a'], { done: 1, completedAt: 3_000, results: new Map([['a', ok('a', 10)]]) }),
+    );
+    assert.ok(!Array.isArray(one.result), 'one image: one response, not a list');
+  });
+
+  test('failed: the first failed image in order; past the deadline never running', () => {
+    const results = new Map<string, ResultMessage>([
+      ['a', ok('a', 10)],
+      ['b', { id: 'b', ok: false, error: { code: 'IMAGE_DECODE_FAILED', message: 'bad' } }],
+      ['c', { id: 'c', ok: false, error: { code: 'INTERNAL', message: 'x' } }],
+    ]);
+    const failed = statusDocument(
+      'r',
+      record(['a', 'b', 'c'], { done: 3, completedAt: 3_000, results }),
+    );
+    assert.equal(failed.status, 'failed');
+    assert.equal(failed.error?.code, 'IMAGE_DECODE_FAILED');
+    assert.equal(failed.result, undefined);
+
+    const overdue = statusDocument('r', record(['a', 'b'], { startedAt: 2_000, done: 1 }), 10_001);
+    assert.equal(overdue.status, 'failed');
+    assert.equal(overdue.error?.code, 'DEADLINE_EXCEEDED');
+    assert.equal(overdue.completed_at, new Date(10_000).toISOString());
+    AsyncStatusSchema.parse(overdue);
+  });
+});
+
+describe('webhook_url at submit', () => {
+  const refused = (fn: () => unknown, pattern: RegExp) =>
+    assert.throws(fn, (err: unknown) => {
+      assert.ok(err instanceof PipelineError);
+      assert.equal(err.code, 'INVALID_REQUEST');
+      assert.match(err.message, pattern);
+      return true;
+    });
+
+  const body = (fields: Record<string, unknown>): FieldSource[] => [{ from: 'body', fields }];
+
+  test('needs WEBHOOK_SECRET: no unsigned webhooks', () => {
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: 'https://hooks.example/x' }), undefined, false),
+      /no WEBHOOK_SECRET/,
+    );
+    assert.equal(parseWebhookUrl(body({}), undefined, false), undefined);
+    // In the query string of a JSON request, or a multipart text part, it counts as well.
+    for (const from of ['query', 'form'] as const) {
+      refused(
+        () =>
+          parseWebhookUrl(
+            [{ from, fields: { webhook_url: 'https://hooks.example/x' } }],
+            undefined,
+            false,
+          ),
+        /no WEBHOOK_SECRET/,
+      );
+    }
+  });
+
+  test('http(s) only; IP literals pass the address guard; names are checked at delivery', () => {
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: 'ftp://x.example/' }), 's', false),
+      /webhook_url/,
+    );
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: 'http://h.example:0/' }), 's', false),
+      /port 0/,
+    );
+    refused(
+      () =>
+        parseWebhookUrl(body({ webhook_url: `https://h.example/${'a'.repeat(2048)}` }), 's', false),
+      /at most 2048 characters/,
+    );
+    for (const inward of ['http://127.0.0.1:8080/', 'http://[::1]/', 'http://169.254.169.254/'])
+      refused(
+        () => parseWebhookUrl(body({ webhook_url: inward }), 's', false),
+        /which webhooks may not/,
+      );
+    assert.equal(
+      parseWebhookUrl(body({ webhook_url: 'http://127.0.0.1/' }), 's', true),
+      'http://127.0.0.1/',
+    );
+    // A repeated query parameter: its last value. An array in a JSON body is no URL.
+    assert.equal(
+      parseWebhookUrl(
+        [
+          {
+            from: 'query',
+            fields: { webhook_url: ['https://a.example/', 'https://hooks.example/'] },
+          },
+        ],
+        's',
+        false,
+      ),
+      'https://hooks.example/',
+    );
+    refused(
+      () => parseWebhookUrl(body({ webhook_url: ['https://hooks.example/'] }), 's', false),
+      /webhook_url/,
+    );
+  });
+
+  test('webhook_url given in two places: once if the same, else refused', () => {
+    const twice = (a: string, b: string): FieldSource[] => [
+      { from: 'body', fields: { webhook_url: a } },
+      { from: 'query', fields: { webhook_url: b } },
+    ];
+    assert.equal(
+      parseWebhookUrl(twice('https://h.example/', 'https://h.example/'), 's', false),
+      'https://h.example/',
+    );
+    refused(
+      () => parseWebhookUrl(twice('https://h.example/a', 'https://h.example/b'), 's', false),
+      /given twice/,
+    );
+  });
+
+  test('the signature is the hex HMAC-SHA256 of the body', () => {
+    const body = JSON.stringify({ inference_id: 'x', status: 'completed' });
+    assert.equal(
+      webhookSignature(body, 'k'),
+      `sha256=${createHmac('sha256', 'k').update(body).digest('hex')}`,
+    );
+  });
+
+  test('a delivery to a private address is refused before any connection', async () => {
+    const seen: Array<{ headers: Record<string, unknown>; body: string }> = [];
+    const server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        seen.push({ headers: req.headers, body });
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const policy = { allowPrivate: false, connectTimeoutMs: 1000, totalTimeoutMs: 2000 };
+    const headers = { inferenceId: 'r1', signature: 'sha256=00' };
+    try {
+      for (const url of [`http://127.0.0.1:${port}/`, `http://localhost:${port}/`]) {
+        await assert.rejects(postWebhook(url, '{}', headers, policy), (err: unknown) => {
+          assert.ok(isAddressRefusal(err), String(err));
+          return true;
+        });
+      }
+      assert.equal(seen.length, 0, 'nothing reached the receiver');
+      const status = await postWebhook(`http://127.0.0.1:${port}/`, '{"a":1}', headers, {
+        ...policy,
+        allowPrivate: true,
+      });
+      assert.equal(status, 204);
+      assert.equal(seen.length, 1);
+      assert.equal(seen[0]!.body, '{"a":1}');
+      assert.equal(seen[0]!.headers['x-inference-id'], 'r1');
+      assert.equal(seen[0]!.headers['x-signature-256'], 'sha256=00');
+      assert.equal(seen[0]!.headers['content-type'], 'application/json');
+    } finally {
+      server.close();
+    }
+  });
+
+  test('a receiver may take longer than the connect timeout to answer, within the total', async () => {
+    // Reads the body, works on it for a while, then answers.
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(200).end(), 600));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    const headers = { inferenceId: 'r2', signature: 'sha256=00' };
+    const policy = { allowPrivate: true, connectTimeoutMs: 200, totalTimeoutMs: 3000 };
+    try {
+      assert.equal(await postWebhook(`http://127.0.0.1:${port}/`, '{}', headers, policy), 200);
+      // Past the total timeout it is a failure.
+      await assert.rejects(
+        postWebhook(`http://127.0.0.1:${port}/`, '{}', headers, { ...policy, totalTimeoutMs: 300 }),
+        /no answer within 300 ms/,
+      );
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
+  test('ASYNC_MAX_IMAGES may not exceed ASYNC_MAX_BACKLOG', () => {
+    assert.throws(
+      () => loadConfig({ ASYNC_MAX_BACKLOG: '30' }),
+      (err: unknown) => err instanceof ConfigError && /ASYNC_MAX_IMAGES/.test(err.message),
+    );
+    assert.equal(
+      loadConfig({ ASYNC_MAX_BACKLOG: '30', ASYNC_MAX_IMAGES: '30' }).async.maxImages,
+      30,
+    );
+  });
+
+  test('WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, not both', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sd-secret-'));
+    const file = join(dir, 'secret');
+    writeFileSync(file, 'from-a-file\n');
+    assert.equal(webhookSecret(loadConfig({ WEBHOOK_SECRET_FILE: file }).async), 'from-a-file');
+    assert.equal(webhookSecret(loadConfig({ WEBHOOK_SECRET: 'inline' }).async), 'inline');
+    assert.equal(webhookSecret(loadConfig({}).async), undefined);
+    assert.throws(
+      () => loadConfig({ WEBHOOK_SECRET: 'a', WEBHOOK_SECRET_FILE: file }),
+      ConfigError,
+    );
+    assert.throws(
+      () => webhookSecret(loadConfig({ WEBHOOK_SECRET_FILE: join(dir, 'none') }).async),
+      ConfigError,
+    );
+  });
+});
+
+describe('priority of synchronous images', () => {
+  test('asynchronous jobs get a BullMQ priority, synchronous ones none', () => {
+    assert.equal(asyncRequestOf(asyncReplyTo('r1')), 'r1');
+    assert.equal(asyncRequestOf('0b7c-gateway'), undefined);
+    const base = {
+      id: 'i',
+      modelId: 'm',
+      params: {} as never,
+      receivedAt: 0,
+      deadline: 1,
+      marks: {},
+    };
+    assert.deepEqual(imageJobOptions({ ...base, replyTo: 'gw' }), { jobId: 'i' });
+    assert.deepEqual(imageJobOptions({ ...base, replyTo: asyncReplyTo('r') }), {
+      jobId: 'i',
+      priority: 1,
+    });
+  });
+
+  test('in the batcher, a synchronous image joins the next batch ahead of waiting async ones', async () => {
+    const runs: string[][] = [];
+    const release: Array<() => void> = [];
+    const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
+      laneOf: () => 'm',
+      maxBatchOf: () => 2,
+      maxDelayMs: 0,
+      deadlineOf: () => Infinity,
+      expiredError: () => new Error('expired'),
+      priorityOf: (item) => (item.urgent ? 0 : 1),
+      run: (_lane, items) => {
+        runs.push(items.map((i) => i.id));
+        return new Promise((resolve) => release.push(() => resolve(items.map((i) => i.id))));
+      },
+    });
+    const all = ['a1', 'a2', 'a3', 'a4', 'a5'].map((id) => batcher.submit({ id, urgent: false }));
+    await new Promise((r) => setTimeout(r, 5));
+    all.push(batcher.submit({ id: 's1', urgent: true }));
+    while (release.length > 0 || runs.length < 4) {
+      await new Promise((r) => setTimeout(r, 5));
+      release.shift()?.();
+    }
+    await Promise.all(all);
+    // a1 found the model idle and ran alone; the synchronous image goes into the next batch,
+    // alone, ahead of the async images that waited before it.
+    assert.deepEqual(runs[0], ['a1']);
+    assert.deepEqual(runs[1], ['s1'], 'the synchronous image goes into the next batch, alone');
+    assert.deepEqual(runs[2], ['a2', 'a3']);
+    batcher.close();
+  });
+});
+
+describe('admission of asynchronous requests', () => {
+  const state = (asyncBacklog: number, backlog = 0): StoreState => ({
+    reachable: true,
+    usedMemory: 0,
+    maxMemory: 0,
+    backlog,
+    asyncBacklog,
+    readAt: 1,
+  });
+
+  test('the async backlog limits async requests, not synchronous ones', () => {
+    let current = state(8, 0);
+    const admission = new Admission(
+      { maxInflight: 10, maxQueueDepth: 5, memoryHighWater: 0.9, maxAsyncBacklog: 10 },
+      () => current,
+    );
+    admission.admit(0, 'async')();
+    admission.admitAsyncImages(2);
+    assert.throws(
+      () => admission.admitAsyncImages(1),
+      /10 asynchronous images are already waiting/,
+    );
+    assert.throws(() => admission.admit(0, 'async'), /OVERLOADED|already waiting/);
+    admission.admit(0, 'sync')();
+    current = state(0, 5);
+    assert.throws(() => admission.admit(0, 'sync'), /5 images are already waiting/);
+    admission.admit(0, 'async')();
+  });
+});
