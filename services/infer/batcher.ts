@@ -29,6 +29,12 @@
  * background list waits goes into the next batch, with the other urgent images only, so it
  * waits for the batch already running but does not pay for a batch filled with background
  * images (on a CPU a batch costs about its size times one image).
+ *
+ * Pacing (`backgroundPacing`): class 0 is urgent, every other class background. While urgent
+ * items keep arriving, a background batch that ran for d ms is followed by `factor` × d ms in
+ * which no background batch starts (urgent ones start at once): background lanes stay due, and
+ * the first of them is dispatched when the pause ends. Without urgent arrivals background
+ * batches run back to back as before.
  */
 export interface SchedulerOptions<I, O> {
   maxDelayMs: number;
@@ -50,6 +56,24 @@ export interface SchedulerOptions<I, O> {
    * @defaultValue every item 0 (arrival order)
    */
   priorityOf?: (item: I) => number;
+  /**
+   * Pauses between background batches while urgent items arrive (see Pacing above). A batch's
+   * cost does not end with its run: each background image goes on to cost work in other
+   * processes (Redis, the next stage) on cores an urgent image needs too. Back-to-back
+   * background batches keep those cores saturated, and an urgent image waits for them in
+   * every stage, not only for the batch ahead of it in the model.
+   *
+   * @defaultValue no pauses
+   */
+  backgroundPacing?: BackgroundPacing;
+}
+
+/** How background batches are paced while urgent items arrive. */
+export interface BackgroundPacing {
+  /** The pause after a background batch, as a multiple of its run time. */
+  factor: number;
+  /** An urgent item that arrived within this many ms makes the pause apply. */
+  activeMs: number;
 }
 
 interface Waiting<I, O> {
@@ -77,6 +101,12 @@ export class BatchScheduler<I, O> {
   private running = false;
   private closed = false;
   private arrivals = 0;
+  /** Epoch ms of the last urgent (class 0) arrival. */
+  private lastUrgentAt = -Infinity;
+  /** Epoch ms before which no background batch starts while urgent items arrive. */
+  private backgroundPausedUntil = 0;
+  /** Dispatches the background lanes held back by the pause, when it ends. */
+  private pauseTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: SchedulerOptions<I, O>) {}
 
@@ -86,6 +116,7 @@ export class BatchScheduler<I, O> {
     const lane = this.lane(this.opts.laneOf(item));
     return new Promise<O>((resolve, reject) => {
       const priority = this.opts.priorityOf?.(item) ?? 0;
+      if (priority === 0) this.lastUrgentAt = Date.now();
       const waiting = {
         item,
         arrivedAt: Date.now(),
@@ -113,6 +144,7 @@ export class BatchScheduler<I, O> {
   /** Stops taking items; waiting items are rejected, a running batch finishes. Idempotent. */
   close(): void {
     this.closed = true;
+    if (this.pauseTimer) clearTimeout(this.pauseTimer);
     for (const lane of this.lanes.values()) {
       this.clearTimer(lane);
       for (const w of lane.queue.splice(0)) w.reject(new Error('the batcher is closed'));
@@ -149,12 +181,34 @@ export class BatchScheduler<I, O> {
     if (!this.running) this.dispatchNext();
   }
 
-  /** The due lane that runs next, by the fairness rule above. */
+  /**
+   * Whether background batches are held back at `now` (Pacing above); when they are, arms the
+   * timer that dispatches them once the pause ends.
+   */
+  private backgroundPaused(now: number): boolean {
+    const pacing = this.opts.backgroundPacing;
+    const paused =
+      pacing !== undefined &&
+      now < this.backgroundPausedUntil &&
+      now - this.lastUrgentAt < pacing.activeMs;
+    if (paused && !this.pauseTimer) {
+      this.pauseTimer = setTimeout(() => {
+        this.pauseTimer = undefined;
+        if (!this.running) this.dispatchNext();
+      }, this.backgroundPausedUntil - now);
+    }
+    return paused;
+  }
+
+  /** The due lane that runs next, by the fairness rule above and the pacing. */
   private choose(): Lane<I, O> | undefined {
     let oldest: Lane<I, O> | undefined;
     let fullest: Lane<I, O> | undefined;
+    const paused = this.backgroundPaused(Date.now());
     for (const lane of this.lanes.values()) {
       if (!lane.due || lane.queue.length === 0) continue;
+      // Stays due: dispatched when the pause ends.
+      if (paused && lane.queue[0]!.priority !== 0) continue;
       if (!oldest || lane.queue[0]!.seq < oldest.queue[0]!.seq) oldest = lane;
       const full = lane.queue.length >= this.opts.maxBatchOf(lane.id);
       if (full && (!fullest || lane.queue.length > fullest.queue.length)) fullest = lane;
@@ -220,6 +274,10 @@ export class BatchScheduler<I, O> {
         (err: unknown) => batch.forEach((w) => w.reject(err)),
       )
       .finally(() => {
+        if (priority !== 0 && this.opts.backgroundPacing) {
+          const end = Date.now();
+          this.backgroundPausedUntil = end + (end - now) * this.opts.backgroundPacing.factor;
+        }
         this.running = false;
         this.dispatchNext();
       });

@@ -17,7 +17,7 @@ import { cleanupWithRedis, closeRedis, createRedis } from '../../shared/redis.js
 import { runStage } from '../../shared/stage-process.js';
 import { parseJson } from '../../shared/validation.js';
 import type { Letterbox } from '../../shared/letterbox.js';
-import { BatchScheduler } from './batcher.js';
+import { BatchScheduler, type BackgroundPacing } from './batcher.js';
 import type { Placement } from './input-tensor.js';
 import { InferenceMetrics } from './metrics.js';
 import { ModelPool } from './model-pool.js';
@@ -70,6 +70,9 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     deadlineOf: (item) => item.job.deadline,
     // Synchronous images (someone waits) go into the next batch ahead of asynchronous ones.
     priorityOf: (item) => (asyncRequestOf(item.job.replyTo) === undefined ? 0 : 1),
+    // While synchronous images arrive, asynchronous batches take at most half the model's time,
+    // and so about half of what their images then cost in Redis and `post` (batcher.ts, Pacing).
+    backgroundPacing: ASYNC_PACING,
     expiredError: () =>
       new PipelineError(
         ErrorCode.DEADLINE_EXCEEDED,
@@ -187,6 +190,17 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     ],
   };
 });
+
+/**
+ * The pause after an asynchronous batch while synchronous images arrive: as long as the batch
+ * ran, so the model and the cores its images' further work needs are free at least half the
+ * time for synchronous images. A synchronous image in the last second counts as arriving
+ * (a client at concurrency 1 sends one every few tens of ms). On 2 shared cores this cut the
+ * p99 that 400-image asynchronous lists add to synchronous requests from about 200 ms to about
+ * 50 ms (`npm run bench:async`, README), without lowering the lists' throughput there, which
+ * `pre`'s decoding bounds.
+ */
+const ASYNC_PACING = { factor: 1, activeMs: 1000 } as const satisfies BackgroundPacing;
 
 /** Where `pre`'s resized pixels sit in the model input. */
 function placementOf(lb: Letterbox): Placement {

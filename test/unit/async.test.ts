@@ -345,6 +345,43 @@ describe('priority of synchronous images', () => {
     assert.deepEqual(runs[2], ['a2', 'a3']);
     batcher.close();
   });
+
+  test('in the batcher, async batches pause while synchronous images arrive, and only then', async () => {
+    const runs: Array<{ ids: string[]; at: number }> = [];
+    const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
+      laneOf: () => 'm',
+      maxBatchOf: () => 1,
+      maxDelayMs: 0,
+      deadlineOf: () => Infinity,
+      expiredError: () => new Error('expired'),
+      priorityOf: (item) => (item.urgent ? 0 : 1),
+      backgroundPacing: { factor: 5, activeMs: 300 },
+      // Each batch takes 20 ms.
+      run: (_lane, items) => {
+        runs.push({ ids: items.map((i) => i.id), at: Date.now() });
+        return new Promise((resolve) => setTimeout(() => resolve(items.map((i) => i.id)), 20));
+      },
+    });
+    const at = (id: string) => runs.find((r) => r.ids.includes(id))!.at;
+    // A synchronous image, then async ones: after each 20 ms async batch, 100 ms pass before the
+    // next one starts; a synchronous image that arrives meanwhile runs at once. (Margins are
+    // wide: timers fire late on a busy machine.)
+    await batcher.submit({ id: 's1', urgent: true });
+    const paced = [batcher.submit({ id: 'a1', urgent: false })];
+    paced.push(batcher.submit({ id: 'a2', urgent: false }));
+    await paced[0];
+    await new Promise((r) => setTimeout(r, 10));
+    const s2At = Date.now();
+    await batcher.submit({ id: 's2', urgent: true });
+    await Promise.all(paced);
+    assert.ok(at('s2') - s2At < 50, 'a synchronous image does not wait for the pause');
+    assert.ok(at('a2') - at('a1') >= 20 + 100 - 2, `async batches ${at('a2') - at('a1')} ms apart`);
+    // Without synchronous images for activeMs, async batches run back to back.
+    await new Promise((r) => setTimeout(r, 350));
+    await Promise.all(['a3', 'a4'].map((id) => batcher.submit({ id, urgent: false })));
+    assert.ok(at('a4') - at('a3') < 20 + 60, `async batches ${at('a4') - at('a3')} ms apart`);
+    batcher.close();
+  });
 });
 
 describe('admission of asynchronous requests', () => {
