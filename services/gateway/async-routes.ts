@@ -103,6 +103,8 @@ export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps):
       const requestId = randomUUID();
       const jobs = imageJobs(parsed, run, asyncReplyTo(requestId));
       deps.logIds(req, [requestId, ...jobs.map((j) => j.id)]);
+      // Aborted when the client is told of a failure: no further images go in after forget().
+      const submitting = new AbortController();
       const late = () =>
         new PipelineError(ErrorCode.DEADLINE_EXCEEDED, 'the request could not be stored in time');
       try {
@@ -116,14 +118,20 @@ export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps):
             );
             // Its data lives past its deadline; the stages delete it once an image is done.
             const ttl = dataTtlSeconds(run.deadline, config.dataTtlSeconds);
-            await storeAndEnqueue(deps, parsed, jobs, ttl, (multi) =>
-              records.create(multi, requestId, {
-                createdAt: receivedAt,
-                deadline: run.deadline,
-                images: jobs.map((j) => j.id),
-                isList: parsed.isList,
-                ...(webhookUrl !== undefined && { webhookUrl }),
-              }),
+            await storeAndEnqueue(
+              deps,
+              parsed,
+              jobs,
+              ttl,
+              (multi) =>
+                records.create(multi, requestId, {
+                  createdAt: receivedAt,
+                  deadline: run.deadline,
+                  images: jobs.map((j) => j.id),
+                  isList: parsed.isList,
+                  ...(webhookUrl !== undefined && { webhookUrl }),
+                }),
+              submitting.signal,
             );
           })(),
           answerBy,
@@ -131,6 +139,7 @@ export function registerAsyncRoutes(app: FastifyInstance, deps: AsyncRouteDeps):
         );
       } catch (err) {
         // The client hears of a failure, so nothing of the request may run: forget it.
+        submitting.abort(err);
         void forget(
           deps,
           requestId,

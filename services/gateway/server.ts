@@ -396,7 +396,16 @@ async function runPipeline(
   // An image can fail (and its wait reject) while the jobs are still being enqueued, before
   // anything awaits the waits: mark them handled now; Promise.all below still sees the error.
   for (const w of waits) w.catch(() => {});
-  const enqueued = storeAndEnqueue(deps, parsed, jobs, config.dataTtlSeconds);
+  // Aborted once the request failed: its later images are not stored or enqueued.
+  const submitting = new AbortController();
+  const enqueued = storeAndEnqueue(
+    deps,
+    parsed,
+    jobs,
+    config.dataTtlSeconds,
+    undefined,
+    submitting.signal,
+  );
   const gone = new Promise<never>((_, reject) => {
     const onAbort = () =>
       reject(new PipelineError(ErrorCode.CLIENT_CLOSED, 'the client closed the connection'));
@@ -415,6 +424,7 @@ async function runPipeline(
         ),
     );
   } catch (err) {
+    submitting.abort(err);
     for (const job of jobs) waiter.cancel(job.id);
     // Not awaited: a Redis that does not answer must not hold the answer. Queued on the same
     // connection after the writes above, so it runs after them when Redis answers again.

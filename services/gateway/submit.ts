@@ -159,14 +159,27 @@ export interface PipelineInput {
 }
 
 /**
+ * Images stored and enqueued per step of storeAndEnqueue. Storing and enqueueing a 400-image
+ * list in one step (building ~800 Redis commands and their job payloads) held the gateway's
+ * event loop for about 40 ms, and every synchronous request arriving meanwhile waited that long.
+ */
+export const SUBMIT_CHUNK_IMAGES = 50;
+
+/**
  * Stores the uploaded images (TTL `ttlSeconds`), then adds one job per image: `fetch` for URLs,
- * `pre` for bytes (imageJobOptions: asynchronous images get their priority).
+ * `pre` for bytes (imageJobOptions: asynchronous images get their priority). It works in steps
+ * of SUBMIT_CHUNK_IMAGES images, yielding to the event loop between steps so that other
+ * requests are served meanwhile.
  *
- * Without `alsoWrite` this is one round trip: the images' SETs (a pipeline: they need no
+ * Without `alsoWrite` a step is one round trip: the images' SETs (a pipeline: they need no
  * transaction among themselves) and the jobs' adds go out together on the one connection the
  * queues share, and Redis runs them in order, so no job is seen before its image; a Redis at
  * its maxmemory refuses the SETs and the jobs' scripts alike. What `alsoWrite` adds is written
- * in one transaction with the images, and the jobs are added only once it succeeded.
+ * in one transaction with the first step's images, and the jobs are added only once it
+ * succeeded.
+ *
+ * @param signal once aborted (the caller gave up on the request), no further step starts;
+ *   the promise rejects with the signal's reason
  */
 export async function storeAndEnqueue(
   input: PipelineInput,
@@ -174,29 +187,40 @@ export async function storeAndEnqueue(
   jobs: PreJob[],
   ttlSeconds: number,
   alsoWrite?: (multi: ReturnType<Redis['multi']>) => void,
+  signal?: AbortSignal,
 ): Promise<void> {
-  const store = alsoWrite ? input.redis.multi() : input.redis.pipeline();
-  parsed.images.forEach((img, i) => {
-    if (img.kind === 'bytes') store.set(input.keys.image(jobs[i]!.id), img.bytes, 'EX', ttlSeconds);
-  });
-  const byUrl = jobs.filter((j) => j.source.kind === 'url');
-  const stored = jobs.filter((j) => j.source.kind === 'stored');
-  const add = () =>
-    Promise.all([
-      byUrl.length > 0 &&
-        input.fetchQueue.addBulk(
-          byUrl.map((data) => ({ name: 'fetch', data, opts: imageJobOptions(data) })),
-        ),
-      stored.length > 0 &&
-        input.preQueue.addBulk(
-          stored.map((data) => ({ name: 'pre', data, opts: imageJobOptions(data) })),
-        ),
-    ]);
-  if (alsoWrite) {
-    alsoWrite(store);
-    await execMulti(store);
-    await add();
-    return;
+  // The first step runs even without images: it holds `alsoWrite`.
+  for (let from = 0; from === 0 || from < jobs.length; from += SUBMIT_CHUNK_IMAGES) {
+    if (from > 0) {
+      await new Promise((resolve) => setImmediate(resolve));
+      signal?.throwIfAborted();
+    }
+    const chunk = jobs.slice(from, from + SUBMIT_CHUNK_IMAGES);
+    const transaction = from === 0 ? alsoWrite : undefined;
+    const store = transaction ? input.redis.multi() : input.redis.pipeline();
+    chunk.forEach((job, i) => {
+      const img = parsed.images[from + i]!;
+      if (img.kind === 'bytes') store.set(input.keys.image(job.id), img.bytes, 'EX', ttlSeconds);
+    });
+    const byUrl = chunk.filter((j) => j.source.kind === 'url');
+    const stored = chunk.filter((j) => j.source.kind === 'stored');
+    const add = () =>
+      Promise.all([
+        byUrl.length > 0 &&
+          input.fetchQueue.addBulk(
+            byUrl.map((data) => ({ name: 'fetch', data, opts: imageJobOptions(data) })),
+          ),
+        stored.length > 0 &&
+          input.preQueue.addBulk(
+            stored.map((data) => ({ name: 'pre', data, opts: imageJobOptions(data) })),
+          ),
+      ]);
+    if (transaction) {
+      transaction(store);
+      await execMulti(store);
+      await add();
+    } else {
+      await Promise.all([execPipeline(store), add()]);
+    }
   }
-  await Promise.all([execPipeline(store), add()]);
 }
