@@ -70,8 +70,8 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     deadlineOf: (item) => item.job.deadline,
     // Synchronous images (someone waits) go into the next batch ahead of asynchronous ones.
     priorityOf: (item) => (asyncRequestOf(item.job.replyTo) === undefined ? 0 : 1),
-    // While synchronous images arrive, asynchronous batches take at most half the model's time,
-    // and so about half of what their images then cost in Redis and `post` (batcher.ts, Pacing).
+    // While synchronous images arrive, asynchronous batches take at most a quarter of the
+    // model's time (ASYNC_PACING; batcher.ts, Pacing).
     backgroundPacing: ASYNC_PACING,
     expiredError: () =>
       new PipelineError(
@@ -192,15 +192,16 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
 });
 
 /**
- * The pause after an asynchronous batch while synchronous images arrive: as long as the batch
- * ran, so the model and the cores its images' further work needs are free at least half the
- * time for synchronous images. A synchronous image in the last second counts as arriving
- * (a client at concurrency 1 sends one every few tens of ms). On 2 shared cores this cut the
- * p99 that 400-image asynchronous lists add to synchronous requests from about 200 ms to about
- * 50 ms (`npm run bench:async`, README), without lowering the lists' throughput there, which
- * `pre`'s decoding bounds.
+ * The pause after an asynchronous batch while synchronous images arrive: three times as long as
+ * the batch ran, so asynchronous batches take at most a quarter of the model's time, and about
+ * a quarter of what their images then cost in Redis and `post`, while someone waits. A
+ * synchronous image in the last second counts as arriving (a client at concurrency 1 sends one
+ * every few tens of ms). On 2 shared cores, beside 400-image asynchronous lists
+ * (`npm run bench:async`), the p99 added to synchronous requests at concurrency 1 was about
+ * 200 ms without pauses, 50-70 ms with pauses as long as the batch, about 22 ms with three
+ * times and five times as long; the lists' throughput fell by a third with three times.
  */
-const ASYNC_PACING = { factor: 1, activeMs: 1000 } as const satisfies BackgroundPacing;
+const ASYNC_PACING = { factor: 3, activeMs: 1000 } as const satisfies BackgroundPacing;
 
 /** Where `pre`'s resized pixels sit in the model input. */
 function placementOf(lb: Letterbox): Placement {
