@@ -72,12 +72,7 @@ export function createQueue<Q extends QueueName>(
   log?: Logger,
 ): StageQueue<Q> {
   return listenForErrors(
-    new Queue<JobPayloads[Q], void, string>(name, {
-      connection,
-      prefix,
-      defaultJobOptions: JOB_OPTIONS,
-      streams: { events: { maxLen: EVENTS_MAX_LEN } },
-    }),
+    new Queue<JobPayloads[Q], void, string>(name, queueOptions(connection, prefix)),
     connection,
     log,
   );
@@ -91,15 +86,20 @@ export function createAsyncQueue(
   log?: Logger,
 ): AsyncQueue {
   return listenForErrors(
-    new Queue<AsyncJob, void, string>(name, {
-      connection,
-      prefix,
-      defaultJobOptions: JOB_OPTIONS,
-      streams: { events: { maxLen: EVENTS_MAX_LEN } },
-    }),
+    new Queue<AsyncJob, void, string>(name, queueOptions(connection, prefix)),
     connection,
     log,
   );
+}
+
+/** The options of every queue of the pipeline: its job options, short event streams. */
+function queueOptions(connection: Redis, prefix: string) {
+  return {
+    connection,
+    prefix,
+    defaultJobOptions: JOB_OPTIONS,
+    streams: { events: { maxLen: EVENTS_MAX_LEN } },
+  };
 }
 
 function listenForErrors<T extends Queue>(queue: T, connection: Redis, log?: Logger): T {
