@@ -74,7 +74,9 @@ else
   echo "engine: private dockerd (pid $DPID) at $DOCKER_HOST"
 fi
 if docker compose version > /dev/null 2>&1; then C=(docker compose); else C=(docker-compose); fi
-"${C[@]}" version | head -1
+# sed reads to the end: `head` would close the pipe early, and pipefail would end the script
+# when docker-compose writes its next line into it.
+"${C[@]}" version | sed -n 1p
 C+=(-p "$PROJECT" -f "$ROOT/docker-compose.yml")
 
 cleanup() {
@@ -96,12 +98,12 @@ cleanup() {
   if [ "$rc" = 0 ] && [ -z "${SMOKE_WORKDIR:-}" ]; then rm -rf "$W"; else echo "compose smoke: logs in $W"; fi
 }
 trap cleanup EXIT
-if ss -ltn | grep -q ":$PORT "; then die "port $PORT is taken; set SMOKE_PORT"; fi
+if ss -ltn | grep ":$PORT " > /dev/null; then die "port $PORT is taken; set SMOKE_PORT"; fi
 phase "engine"
 
 # --- base images
-NODE_TAG=$(sed -n 's/^ARG NODE_IMAGE=//p' "$ROOT/docker/Dockerfile" | head -1)
-REDIS_TAG=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml" | head -1)
+NODE_TAG=$(sed -n 's/^ARG NODE_IMAGE=//p' "$ROOT/docker/Dockerfile" | sed -n 1p)
+REDIS_TAG=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml" | sed -n 1p)
 BASE=${SMOKE_BASE_IMAGES:-}
 if [ -z "$BASE" ]; then
   if timeout 30 docker pull -q "$REDIS_TAG" > "$W/pull.log" 2>&1; then BASE=registry; else BASE=stand-in; fi
@@ -218,7 +220,7 @@ done
 phase "scale pre=2, 16 requests, both replicas work"
 
 # --- a container killed while requests are in flight
-VICTIM=$("${C[@]}" ps -q "$KILL_SERVICE" | head -1)
+VICTIM=$("${C[@]}" ps -q "$KILL_SERVICE" | sed -n 1p)
 VNAME=$(docker inspect -f '{{.Name}}' "$VICTIM")
 NAMES=() PIDS=()
 for i in $(seq 1 24); do request "kill$i" & PIDS+=($!); NAMES+=("kill$i"); done

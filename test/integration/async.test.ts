@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingHttpHeaders } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import type { AsyncStatus, DetectionResponse } from '../../shared/contracts.js';
 import { assertShapes, drawImage, type Shape } from '../helpers/images.js';
-import { suiteImageServer } from '../helpers/image-server.js';
+import { suiteImageServer, suiteLoopbackServer } from '../helpers/image-server.js';
 import { sample, scrape } from '../helpers/metrics.js';
 import { keysOf, logEvents, postJson, suiteRedis, type Stack } from '../helpers/stack.js';
 
@@ -87,29 +86,20 @@ interface Receiver {
 
 function receiver(): Receiver {
   const handle: Receiver = { url: '', status: 200, deliveries: [] };
-  let server: Server | undefined;
-  before(async () => {
-    server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        handle.deliveries.push({
-          url: req.url ?? '',
-          headers: req.headers,
-          body: Buffer.concat(chunks).toString('utf8'),
-          at: Date.now(),
-        });
-        res.writeHead(handle.status).end();
+  const server = suiteLoopbackServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      handle.deliveries.push({
+        url: req.url ?? '',
+        headers: req.headers,
+        body: Buffer.concat(chunks).toString('utf8'),
+        at: Date.now(),
       });
+      res.writeHead(handle.status).end();
     });
-    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    handle.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
-  after(() => {
-    server?.closeAllConnections();
-    server?.close();
-  });
-  return handle;
+  return Object.defineProperty(handle, 'url', { get: () => server.url });
 }
 
 const hook = receiver();
