@@ -36,6 +36,15 @@ export const JOB_OPTIONS: JobsOptions = {
  */
 export const WAITING_STATES = ['waiting', 'prioritized', 'delayed'] as const;
 
+/**
+ * How long a BullMQ worker waits before fetching again after a fetch or a job's completion
+ * failed on Redis (BullMQ's `runRetryDelay`, 15 s by default). A Redis at its maxmemory refuses
+ * the fetch script; with the default, a worker that met it took no job for 15 s after Redis had
+ * room again, and images waiting for that worker reached their deadline. Short, so work resumes
+ * as soon as Redis does; ioredis's own reconnection paces the retries while Redis is down.
+ */
+export const WORKER_RETRY_MS = 250;
+
 export type StageQueue<Q extends QueueName> = Queue<JobPayloads[Q], void, string>;
 /** A queue of asynchronous requests' deadlines or webhooks (createAsyncQueue). */
 export type AsyncQueue = Queue<AsyncJob, void, string>;
@@ -269,6 +278,7 @@ export function createStageWorker<Q extends QueueName>(
       // attempt when it times out) lasts BullMQ's longest, 10 s, rather than 5: a new job
       // wakes the worker at once whatever this is, so only the idle polling halves.
       drainDelay: 10,
+      runRetryDelay: WORKER_RETRY_MS,
     },
   );
   // While Redis is unreachable every poll fails: the connection's own listener reports the

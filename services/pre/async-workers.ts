@@ -7,6 +7,7 @@ import { AsyncJobSchema, AsyncQueueName } from '../../shared/contracts.js';
 import type { Keys } from '../../shared/keys.js';
 import type { Logger } from '../../shared/logger.js';
 import { METRIC_PREFIX } from '../../shared/metrics.js';
+import { WORKER_RETRY_MS } from '../../shared/queues.js';
 import { formatIssues } from '../../shared/validation.js';
 import { isAddressRefusal } from './image-source.js';
 import { postWebhook, webhookSignature, type WebhookPolicy } from './webhook.js';
@@ -78,7 +79,7 @@ export function startAsyncWorkers(opts: AsyncWorkersOptions): () => Promise<void
         }
         await run(data.data.requestId, job);
       },
-      { connection, prefix: keys.prefix, concurrency },
+      { connection, prefix: keys.prefix, concurrency, runRetryDelay: WORKER_RETRY_MS },
     );
     w.on('error', (err) => {
       if (connection.status === 'ready') log.error({ err, queue: name }, 'worker error');
