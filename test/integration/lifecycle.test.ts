@@ -32,11 +32,14 @@ test('SIGTERM while the inference process is still loading its model ends it at 
     for (let i = 0; trickler.requests === 0 && i < 300; i++) await sleep(100);
     assert.equal(trickler.requests, 1, infer.output.join('\n'));
     assert.equal(infer.process.exitCode, null, infer.output.join('\n'));
+    // 'close' comes once the process's output has been read to its end; 'exit' can come first.
+    const closed = once(infer.process, 'close');
     const sentAt = Date.now();
     infer.process.kill('SIGTERM');
     await once(infer.process, 'exit');
     assert.ok(Date.now() - sentAt < 2000, `took ${Date.now() - sentAt} ms`);
     assert.equal(infer.process.signalCode, 'SIGTERM');
+    await closed;
     assert.ok(infer.output.some((l) => l.includes('stopping during startup')));
   } finally {
     await stack.stop();
