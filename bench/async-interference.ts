@@ -6,30 +6,37 @@ import { jsonBodies, loadImages, workload } from './workloads.js';
 
 /**
  * Does a large asynchronous list slow down synchronous users? Starts the pipeline as `npm
- * start` runs it (the tiny model, its own Redis), measures the latency of synchronous requests
+ * start` runs it (its own Redis; `--model yolov8n`, the default, yolov8n at 640 on the COCO128
+ * JPEGs resized to 160 px wide, the null workload's images, or `--model tiny`, the generated tiny
+ * detector on drawn 320×240 PNGs), measures the latency of synchronous requests
  * at a few concurrencies alone, then again while asynchronous lists of hundreds of small images
  * keep the pipeline busy (a new list as soon as the previous one finished), and prints both
  * with the mean time of one batch in each window. The target (issue: asynchronous requests) is
  * that p99 with the lists stays within one batch of p99 alone, since synchronous jobs go first
  * in every queue and into the next batch.
  *
- *   npx tsx bench/async-interference.ts [--seconds 10] [--connections 1,4] [--list 400]
+ *   npx tsx bench/async-interference.ts [--model yolov8n] [--seconds 30] [--connections 1,4] [--list 400]
  */
 const { values } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '10' },
+    seconds: { type: 'string', default: '30' },
     connections: { type: 'string', default: '1,4' },
     list: { type: 'string', default: '400' },
     warmup: { type: 'string', default: '2' },
+    model: { type: 'string', default: 'yolov8n' },
   },
 });
+if (values.model !== 'tiny' && values.model !== 'yolov8n')
+  throw new Error(`--model is tiny or yolov8n, not '${values.model}'`);
+const modelName = values.model;
 const seconds = Number(values.seconds);
 const warmupSeconds = Number(values.warmup);
 const connections = values.connections.split(',').map(Number);
 const listSize = Number(values.list);
 
-const wl = workload('tiny');
-const images = await loadImages('tiny');
+const wl =
+  modelName === 'tiny' ? workload('tiny') : { ...workload('yolov8n'), describe: 'yolov8n' };
+const images = await loadImages(modelName === 'tiny' ? 'tiny' : 'null');
 const bodies = jsonBodies(images, wl.confidence);
 const system = await startPipeline(wl, {
   root: ROOT,
@@ -180,7 +187,7 @@ async function main(): Promise<void> {
     );
   }
   process.stdout.write(
-    `async interference: tiny model, lists of ${listSize} images, ${seconds} s windows\n` +
+    `async interference: ${modelName} model, lists of ${listSize} images, ${seconds} s windows\n` +
       'c\tsync/s\tp50\tp99\tsync/s+async\tp50\tp99\tp99 added (ms)\tbatch (ms)\tbatch size\tasync images done\twithin one batch\n' +
       `${rows.join('\n')}\n`,
   );

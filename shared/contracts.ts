@@ -16,12 +16,18 @@ export const QueueName = {
   /** Images given by URL: downloaded (by `pre` processes, apart from decoding), then `pre`. */
   fetch: 'fetch',
   pre: 'pre',
+  /**
+   * Asynchronous requests' images to decode, served by the `pre` processes with one job at a
+   * time each, at the inference process's pace (services/pre/async-pacing.ts): a long list is
+   * decoded as the model gets to it, not all at once beside synchronous images.
+   */
+  preAsync: 'pre-async',
   infer: 'infer',
   /**
    * Asynchronous requests' images for the inference process, which serves both queues: kept
    * apart from `infer` so that they never hold the inference worker's job slots (each held until
-   * its batch has run) that synchronous images need. The stages before and after share one
-   * queue for both, synchronous jobs going first (BullMQ priority; see shared/queues.ts).
+   * its batch has run) that synchronous images need. `fetch` and `post` share one queue for
+   * both, synchronous jobs going first (BullMQ priority; see shared/queues.ts).
    */
   inferAsync: 'infer-async',
   post: 'post',
@@ -122,6 +128,7 @@ export type PostJob = z.infer<typeof PostJobSchema>;
 export const JobPayloadSchemas = {
   fetch: PreJobSchema,
   pre: PreJobSchema,
+  'pre-async': PreJobSchema,
   infer: InferJobSchema,
   'infer-async': InferJobSchema,
   post: PostJobSchema,

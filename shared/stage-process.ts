@@ -50,12 +50,14 @@ export interface StageDefinition<Q extends QueueName> {
   close?: Array<[string, () => Promise<unknown>]>;
 }
 
-/** A further queue a stage process serves beside its own (the `fetch` queue of `pre`). */
+/** A further queue a stage process serves beside its own (`fetch` and `pre-async` for `pre`). */
 export type ExtraQueue = {
   [K in QueueName]: {
     queue: K;
     concurrency: number;
     process: StageWorkerOptions<K>['process'];
+    /** Called when the process starts to stop, before its workers wait for their jobs. */
+    onClosing?: () => void;
   };
 }[QueueName];
 
@@ -135,13 +137,18 @@ export function runStage<Q extends QueueName>(
         logger: log,
         results: completion.results,
         // The first stages of an image see whether its asynchronous request still exists.
-        ...((s.queue === QueueName.fetch || s.queue === QueueName.pre) && {
+        ...((s.queue === QueueName.fetch ||
+          s.queue === QueueName.pre ||
+          s.queue === QueueName.preAsync) && {
           asyncRecords: completion.records,
         }),
         lockDurationMs: config.worker.jobLockMs,
         process: s.process as StageWorkerOptions<QueueName>['process'],
       }),
     );
+    served.forEach((s, i) => {
+      if (s.onClosing) workers[i]!.on('closing', s.onClosing);
+    });
     const heartbeat = await startHeartbeat(
       client,
       keys,

@@ -72,7 +72,8 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
   const inferAsyncQueue = createQueue(QueueName.inferAsync, redis, keys.prefix, log);
   const postQueue = createQueue(QueueName.post, redis, keys.prefix, log);
   const fetchQueue = createQueue(QueueName.fetch, redis, keys.prefix, log);
-  const stageQueues = [fetchQueue, preQueue, inferQueue, inferAsyncQueue, postQueue];
+  const preAsyncQueue = createQueue(QueueName.preAsync, redis, keys.prefix, log);
+  const stageQueues = [fetchQueue, preQueue, preAsyncQueue, inferQueue, inferAsyncQueue, postQueue];
   const deadlineQueue = createAsyncQueue(AsyncQueueName.deadline, redis, keys.prefix, log);
   const webhookQueue = createAsyncQueue(AsyncQueueName.webhook, redis, keys.prefix, log);
   const queues = [...stageQueues, deadlineQueue, webhookQueue];
@@ -84,6 +85,7 @@ async function serve(config: Config, log: Logger, lifecycle: Lifecycle): Promise
     keys,
     redis,
     preQueue,
+    preAsyncQueue,
     fetchQueue,
     stageQueues,
     deadlineQueue,

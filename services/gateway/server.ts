@@ -63,6 +63,7 @@ export interface GatewayDeps {
   keys: Keys;
   redis: Redis;
   preQueue: StageQueue<'pre'>;
+  preAsyncQueue: StageQueue<'pre-async'>;
   /** Where images given by URL go first, to be downloaded. */
   fetchQueue: StageQueue<'fetch'>;
   /** The stage queues (`fetch`, `pre`, `infer`, `post`). */

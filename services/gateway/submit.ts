@@ -7,6 +7,7 @@ import { withDeadline } from '../../shared/deadline.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
+import { asyncRequestOf } from '../../shared/async-requests.js';
 import { imageJobOptions, type StageQueue } from '../../shared/queues.js';
 import { execMulti, execPipeline } from '../../shared/redis.js';
 import { readMultipartForm } from './multipart-image.js';
@@ -155,6 +156,8 @@ export interface PipelineInput {
   keys: Keys;
   redis: Redis;
   preQueue: StageQueue<'pre'>;
+  /** Asynchronous requests' images to decode (paced by the model; services/pre/async-pacing.ts). */
+  preAsyncQueue: StageQueue<'pre-async'>;
   fetchQueue: StageQueue<'fetch'>;
 }
 
@@ -167,7 +170,8 @@ export const SUBMIT_CHUNK_IMAGES = 50;
 
 /**
  * Stores the uploaded images (TTL `ttlSeconds`), then adds one job per image: `fetch` for URLs,
- * `pre` for bytes (imageJobOptions: asynchronous images get their priority). It works in steps
+ * `pre` for bytes (`pre-async` for an asynchronous request's; imageJobOptions: asynchronous
+ * images get their priority). It works in steps
  * of SUBMIT_CHUNK_IMAGES images, yielding to the event loop between steps so that other
  * requests are served meanwhile.
  *
@@ -204,6 +208,8 @@ export async function storeAndEnqueue(
     });
     const byUrl = chunk.filter((j) => j.source.kind === 'url');
     const stored = chunk.filter((j) => j.source.kind === 'stored');
+    const decodeQueue =
+      asyncRequestOf(stored[0]?.replyTo ?? '') === undefined ? input.preQueue : input.preAsyncQueue;
     const add = () =>
       Promise.all([
         byUrl.length > 0 &&
@@ -211,8 +217,13 @@ export async function storeAndEnqueue(
             byUrl.map((data) => ({ name: 'fetch', data, opts: imageJobOptions(data) })),
           ),
         stored.length > 0 &&
-          input.preQueue.addBulk(
-            stored.map((data) => ({ name: 'pre', data, opts: imageJobOptions(data) })),
+          // One request's images: all synchronous or all of one asynchronous request.
+          decodeQueue.addBulk(
+            stored.map((data) => ({
+              name: decodeQueue.name as never,
+              data,
+              opts: imageJobOptions(data),
+            })),
           ),
       ]);
     if (transaction) {

@@ -1,19 +1,20 @@
 /**
- * Dynamic batching for the one process that owns the models, with one lane per model and a
- * single run slot shared by all lanes (one batch on the hardware at a time).
+ * Dynamic batching for the one process that owns the models, with one lane per model and
+ * `slots` run slots shared by all lanes (batches on the hardware at once: one per model
+ * instance, services/infer/model.ts).
  *
  * State machine of a lane. Items arrive one by one (one per BullMQ job).
- *   - idle: nothing waits. An arrival that finds the run slot free (the model idle) makes the
+ *   - idle: nothing waits. An arrival that finds a run slot free (an instance idle) makes the
  *     lane due at once: waiting for companions would only add the delay to its latency, and
- *     the images that arrive while it runs form the next batch. An arrival while a batch runs
- *     starts the lane's delay timer (maxDelayMs) and moves the lane to collecting.
+ *     the images that arrive while it runs form the next batch. An arrival while every slot
+ *     runs a batch starts the lane's delay timer (maxDelayMs) and moves the lane to collecting.
  *   - collecting: items wait. The lane becomes due when it holds a full batch (its model's
  *     batch limit) or when the timer fires, whichever comes first.
  *   - due: the lane waits for the run slot. Arrivals keep joining it, up to a full batch.
  * After a dispatch, items left over (more than a batch was waiting) start a new timer measured
  * from the oldest leftover's arrival, or keep the lane due if a full batch is left.
  *
- * Choosing between due lanes when the run slot frees (the fairness rule): the lane holding the
+ * Choosing between due lanes when a run slot frees (the fairness rule): the lane holding the
  * oldest waiting image runs next, unless its batch is not full and another due lane holds a
  * full batch; then the full batch runs first, but a lane can be passed over this way at most
  * `maxSkips` times in a row (default 1). So an image of a quiet model, once its lane is due,
@@ -33,8 +34,11 @@
  * Pacing (`backgroundPacing`): class 0 is urgent, every other class background. While urgent
  * items keep arriving, a background batch that ran for d ms is followed by `factor` × d ms in
  * which no background batch starts (urgent ones start at once): background lanes stay due, and
- * the first of them is dispatched when the pause ends. Without urgent arrivals background
- * batches run back to back as before.
+ * the first of them is dispatched when the pause ends, and it holds at most `maxBatch` images:
+ * an urgent image that arrives while a background batch runs waits for a batch of that size,
+ * not for a full one (on a CPU a batch of 8 costs about 8 single runs). Meanwhile at most one
+ * background batch runs at a time, whatever the slots. Without urgent arrivals background
+ * batches are full and run back to back, in every slot.
  */
 export interface SchedulerOptions<I, O> {
   maxDelayMs: number;
@@ -50,6 +54,12 @@ export interface SchedulerOptions<I, O> {
   expiredError: (item: I) => Error;
   /** How many times in a row a lane may be passed over for another lane's full batch. */
   maxSkips?: number;
+  /**
+   * Batches that run at the same time (the model instances).
+   *
+   * @defaultValue 1
+   */
+  slots?: number;
   /**
    * An item's urgency class: lower goes first within its lane (see above).
    *
@@ -74,6 +84,8 @@ export interface BackgroundPacing {
   factor: number;
   /** An urgent item that arrived within this many ms makes the pause apply. */
   activeMs: number;
+  /** The largest background batch while the pause applies (lanes' own limits otherwise). */
+  maxBatch: number;
 }
 
 interface Waiting<I, O> {
@@ -98,7 +110,9 @@ interface Lane<I, O> {
 /** The dynamic batching scheduler described above: one lane per model, one run at a time. */
 export class BatchScheduler<I, O> {
   private readonly lanes = new Map<string, Lane<I, O>>();
-  private running = false;
+  /** Batches running now, and how many of them are background batches. */
+  private running = 0;
+  private runningBackground = 0;
   private closed = false;
   private arrivals = 0;
   /** Epoch ms of the last urgent (class 0) arrival. */
@@ -109,6 +123,11 @@ export class BatchScheduler<I, O> {
   private pauseTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: SchedulerOptions<I, O>) {}
+
+  /** Whether a run slot is free. */
+  private get slotFree(): boolean {
+    return this.running < (this.opts.slots ?? 1);
+  }
 
   /** Resolves with the item's output once the batch that holds it has run. */
   submit(item: I): Promise<O> {
@@ -129,7 +148,7 @@ export class BatchScheduler<I, O> {
       const at = lane.queue.findIndex((w) => w.priority > priority);
       if (at < 0) lane.queue.push(waiting);
       else lane.queue.splice(at, 0, waiting);
-      if (lane.queue.length >= this.opts.maxBatchOf(lane.id) || !this.running) this.markDue(lane);
+      if (lane.queue.length >= this.opts.maxBatchOf(lane.id) || this.slotFree) this.markDue(lane);
       else if (lane.queue.length === 1) this.armTimer(lane, this.opts.maxDelayMs);
     });
   }
@@ -178,7 +197,7 @@ export class BatchScheduler<I, O> {
 
   private markDue(lane: Lane<I, O>): void {
     lane.due = true;
-    if (!this.running) this.dispatchNext();
+    if (this.slotFree) this.dispatchNext();
   }
 
   /**
@@ -187,17 +206,16 @@ export class BatchScheduler<I, O> {
    */
   private backgroundPaused(now: number): boolean {
     const pacing = this.opts.backgroundPacing;
-    const paused =
-      pacing !== undefined &&
-      now < this.backgroundPausedUntil &&
-      now - this.lastUrgentAt < pacing.activeMs;
+    const urgentActive = pacing !== undefined && now - this.lastUrgentAt < pacing.activeMs;
+    const paused = urgentActive && now < this.backgroundPausedUntil;
     if (paused && !this.pauseTimer) {
       this.pauseTimer = setTimeout(() => {
         this.pauseTimer = undefined;
-        if (!this.running) this.dispatchNext();
+        if (this.slotFree) this.dispatchNext();
       }, this.backgroundPausedUntil - now);
     }
-    return paused;
+    // One background batch at a time while urgent items arrive; its end dispatches the next.
+    return paused || (urgentActive && this.runningBackground > 0);
   }
 
   /** The due lane that runs next, by the fairness rule above and the pacing. */
@@ -229,12 +247,17 @@ export class BatchScheduler<I, O> {
     lane.due = false;
     lane.skips = 0;
     this.clearTimer(lane);
-    const maxBatch = this.opts.maxBatchOf(lane.id);
     const now = Date.now();
     const batch: Waiting<I, O>[] = [];
     // One class per batch (the queue is ordered by class): an urgent image runs with the urgent
     // images waiting, not in a batch filled up with background ones.
     const priority = lane.queue[0]?.priority;
+    const laneMax = this.opts.maxBatchOf(lane.id);
+    const pacing = this.opts.backgroundPacing;
+    const maxBatch =
+      priority !== 0 && pacing && now - this.lastUrgentAt < pacing.activeMs
+        ? Math.min(laneMax, pacing.maxBatch)
+        : laneMax;
     while (
       batch.length < maxBatch &&
       lane.queue.length > 0 &&
@@ -245,11 +268,12 @@ export class BatchScheduler<I, O> {
       else batch.push(w);
     }
     if (lane.queue.length > 0) {
-      if (lane.queue.length >= maxBatch) lane.due = true;
+      if (lane.queue.length >= laneMax) lane.due = true;
       else this.armTimer(lane, lane.queue[0]!.arrivedAt + this.opts.maxDelayMs - now);
     }
     if (batch.length === 0) return this.dispatchNext();
-    this.running = true;
+    this.running++;
+    if (priority !== 0) this.runningBackground++;
     let outputs: Promise<O[]>;
     try {
       outputs = this.opts.run(
@@ -278,8 +302,11 @@ export class BatchScheduler<I, O> {
           const end = Date.now();
           this.backgroundPausedUntil = end + (end - now) * this.opts.backgroundPacing.factor;
         }
-        this.running = false;
+        this.running--;
+        if (priority !== 0) this.runningBackground--;
         this.dispatchNext();
       });
+    // Another slot may be free for another due lane.
+    if (this.slotFree) this.dispatchNext();
   }
 }

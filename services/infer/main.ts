@@ -26,7 +26,7 @@ import { loadModelSpecs } from './models-file.js';
 /**
  * The `infer` stage: the one process that owns the models (model-pool.ts). It takes
  * letterboxed images from the `infer` queue, runs them in dynamic batches per model with one
- * batch on the hardware at a time (batcher.ts, which also decides between models), stores each
+ * batch per model instance at a time (batcher.ts, which also decides between models), stores each
  * image's compact candidates in Redis and enqueues it on the `post` queue. The gateway's model
  * routes reach it as commands on a pub/sub channel.
  */
@@ -56,6 +56,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     executionProvider: config.infer.executionProvider,
     cacheDir: config.infer.modelCacheDir,
     threads: config.infer.threads,
+    instances: config.infer.instances,
     log,
     onChange: publish,
     onLoad: (model) => metrics.loaded(model.description.model_id, model.loadMs / 1000),
@@ -65,6 +66,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
 
   const scheduler = new BatchScheduler<BatchItem, ItemResult>({
     maxDelayMs: config.infer.maxBatchDelayMs,
+    slots: config.infer.instances,
     laneOf: (item) => item.job.modelId,
     maxBatchOf: (modelId) => pool.maxBatchOf(modelId),
     deadlineOf: (item) => item.job.deadline,
@@ -168,9 +170,10 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
   };
 
   const batchLimit = pool.descriptions().reduce((sum, d) => sum + d.batch_size, 0);
+  // A batch per instance, and the next batches filling while they run.
+  const jobSlots = Math.min(1024, batchLimit * (config.infer.instances + 1));
   return {
-    // Twice the batch sizes, so the next batches fill while one runs.
-    concurrency: Math.min(1024, batchLimit * 2),
+    concurrency: jobSlots,
     heartbeatPayload: () => modelsPayload(pool.descriptions()),
     process: inferOne,
     // Asynchronous requests' images, on a queue of their own (its job slots never hold back a
@@ -178,7 +181,7 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
     extraQueues: [
       {
         queue: QueueName.inferAsync,
-        concurrency: Math.min(1024, batchLimit * 2),
+        concurrency: jobSlots,
         process: inferOne,
       },
     ],
@@ -194,14 +197,21 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
 /**
  * The pause after an asynchronous batch while synchronous images arrive: three times as long as
  * the batch ran, so asynchronous batches take at most a quarter of the model's time, and about
- * a quarter of what their images then cost in Redis and `post`, while someone waits. A
+ * a quarter of what their images then cost in Redis and `post`, while someone waits; and those
+ * batches hold one image, so a synchronous image waits for at most one single-image run (with
+ * yolov8n beside 400-image lists, `npm run bench:async -- --model yolov8n`, the p99 added at one
+ * client went from 268 ms with full batches to 68 ms). A
  * synchronous image in the last second counts as arriving (a client at concurrency 1 sends one
  * every few tens of ms). On 2 shared cores, beside 400-image asynchronous lists
  * (`npm run bench:async`), the p99 added to synchronous requests at concurrency 1 was about
  * 200 ms without pauses, 50-70 ms with pauses as long as the batch, about 22 ms with three
  * times and five times as long; the lists' throughput fell by a third with three times.
  */
-const ASYNC_PACING = { factor: 3, activeMs: 1000 } as const satisfies BackgroundPacing;
+const ASYNC_PACING = {
+  factor: 3,
+  activeMs: 1000,
+  maxBatch: 1,
+} as const satisfies BackgroundPacing;
 
 /** Where `pre`'s resized pixels sit in the model input. */
 function placementOf(lb: Letterbox): Placement {

@@ -18,6 +18,8 @@ export interface PoolOptions {
   executionProvider: ExecutionProvider;
   cacheDir: string;
   threads: SessionThreads;
+  /** Sessions per model that run batches at the same time (model.ts, instanceThreads). */
+  instances: number;
   log: Logger;
   /** Called whenever a model is loaded or unloaded, with its new description. */
   onChange: (desc: ModelDescription) => Promise<void>;
@@ -257,6 +259,7 @@ export class ModelPool {
       layout: spec.layout,
       preprocessing: spec.preprocessing,
       threads: this.opts.threads,
+      instances: this.opts.instances,
     };
   }
 }

@@ -1,5 +1,6 @@
 import sharp from 'sharp';
-import { QueueName, contextOf, nowMs } from '../../shared/contracts.js';
+import { QueueName, contextOf, nowMs, type PreJob } from '../../shared/contracts.js';
+import type { Logger } from '../../shared/logger.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
 import { createQueue, enqueue, storeAndEnqueue } from '../../shared/queues.js';
 import { asyncRequestOf } from '../../shared/async-requests.js';
@@ -10,12 +11,19 @@ import { runStage } from '../../shared/stage-process.js';
 import { fetchImage, loadStoredImage } from './image-source.js';
 import { letterboxImage } from './preprocess.js';
 import { startAsyncWorkers } from './async-workers.js';
+import {
+  ASYNC_DECODED_AHEAD,
+  ASYNC_PACING_POLL_MS,
+  AsyncPacer,
+  waitingJobs,
+} from './async-pacing.js';
 
 /**
  * The `pre` stage: takes jobs from the `pre` queue, reads the image's bytes from Redis,
  * decodes, orients and letterboxes it with sharp to the model's input size, stores the uint8
- * pixels in Redis and enqueues the image on the `infer` queue (an asynchronous request's on
- * `infer-async`).
+ * pixels in Redis and enqueues the image on the `infer` queue. Asynchronous requests' images
+ * come on `pre-async` and go on `infer-async`: one at a time per process, at the model's pace
+ * (async-pacing.ts).
  *
  * The same process serves the `fetch` queue with a worker of its own: images given by URL are
  * downloaded there (URL_FETCH_CONCURRENCY at once, each within URL_FETCH_TIMEOUT_MS), stored
@@ -48,46 +56,64 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix, log);
   const inferAsyncQueue = createQueue(QueueName.inferAsync, client, keys.prefix, log);
   const preQueue = createQueue(QueueName.pre, client, keys.prefix, log);
+  const preAsyncQueue = createQueue(QueueName.preAsync, client, keys.prefix, log);
+  const pacer = new AsyncPacer({
+    backlog: () => waitingJobs(client, inferAsyncQueue),
+    ahead: ASYNC_DECODED_AHEAD,
+    pollMs: ASYNC_PACING_POLL_MS,
+  });
+  /** Decodes and letterboxes one image and hands it to the inference process. */
+  const decode = async (job: PreJob, log: Logger): Promise<void> => {
+    const preStart = nowMs();
+    // The gateway saw the model served: a missing description is a restart in progress.
+    const model = await models.require(job.modelId, job.deadline);
+    const bytes = await loadStoredImage(client, keys, job);
+    const started = performance.now();
+    const { pixels, letterbox } = await letterboxImage(
+      bytes,
+      model.input_width,
+      model.input_height,
+      job.autoOrient,
+      { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
+      model.preprocessing.pad,
+    );
+    // The upload stays until `post` finishes the image: a retry of this job after a crash
+    // between here and the enqueue must still find it.
+    const marks = { ...job.marks, preStart, preEnd: nowMs() };
+    const next = { ...contextOf(job), marks, letterbox };
+    await storeAndEnqueue(
+      client,
+      keys.pixels(job.id),
+      pixels,
+      dataTtlSeconds(job.deadline, config.dataTtlSeconds),
+      asyncRequestOf(job.replyTo) === undefined ? inferQueue : inferAsyncQueue,
+      next,
+    );
+    log.debug(
+      { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
+      'preprocessed',
+    );
+  };
   return {
     concurrency: config.pre.concurrency,
-    process: async (job, log) => {
-      const preStart = nowMs();
-      // The gateway saw the model served: a missing description is a restart in progress.
-      const model = await models.require(job.modelId, job.deadline);
-      const bytes = await loadStoredImage(client, keys, job);
-      const started = performance.now();
-      const { pixels, letterbox } = await letterboxImage(
-        bytes,
-        model.input_width,
-        model.input_height,
-        job.autoOrient,
-        { maxPixels: config.pre.maxImagePixels, allowSvg: config.pre.allowSvg },
-        model.preprocessing.pad,
-      );
-      // The upload stays until `post` finishes the image: a retry of this job after a crash
-      // between here and the enqueue must still find it.
-      const marks = { ...job.marks, preStart, preEnd: nowMs() };
-      const next = { ...contextOf(job), marks, letterbox };
-      await storeAndEnqueue(
-        client,
-        keys.pixels(job.id),
-        pixels,
-        dataTtlSeconds(job.deadline, config.dataTtlSeconds),
-        asyncRequestOf(job.replyTo) === undefined ? inferQueue : inferAsyncQueue,
-        next,
-      );
-      log.debug(
-        { ms: performance.now() - started, width: letterbox.srcWidth, height: letterbox.srcHeight },
-        'preprocessed',
-      );
-    },
+    process: decode,
     extraQueues: [
+      {
+        queue: QueueName.preAsync,
+        concurrency: 1,
+        process: async (job, log) => {
+          await pacer.waitForRoom(job.deadline);
+          await decode(job, log);
+        },
+        onClosing: () => pacer.close(),
+      },
       {
         queue: QueueName.fetch,
         concurrency: config.pre.fetch.concurrency,
         process: async (job, log) => {
+          const next = asyncRequestOf(job.replyTo) === undefined ? preQueue : preAsyncQueue;
           if (job.source.kind !== 'url') {
-            await enqueue(preQueue, job);
+            await enqueue(next, job);
             return;
           }
           const started = performance.now();
@@ -98,7 +124,7 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
             keys.image(job.id),
             bytes,
             dataTtlSeconds(job.deadline, config.dataTtlSeconds),
-            preQueue,
+            next,
             { ...job, source: { kind: 'stored' } },
           );
           log.debug({ ms: performance.now() - started, bytes: bytes.length }, 'fetched');
@@ -111,7 +137,9 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
         'queues',
         () =>
           cleanupWithRedis(client, () =>
-            Promise.all([inferQueue, inferAsyncQueue, preQueue].map((q) => q.close())),
+            Promise.all(
+              [inferQueue, inferAsyncQueue, preQueue, preAsyncQueue].map((q) => q.close()),
+            ),
           ),
       ],
     ],

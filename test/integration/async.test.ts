@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import type { AsyncStatus, DetectionResponse } from '../../shared/contracts.js';
+import { Queue } from 'bullmq';
+import { QueueName, type AsyncStatus, type DetectionResponse } from '../../shared/contracts.js';
+import { ASYNC_DECODED_AHEAD } from '../../services/pre/async-pacing.js';
 import { assertShapes, drawImage, type Shape } from '../helpers/images.js';
 import { suiteImageServer, suiteLoopbackServer } from '../helpers/image-server.js';
 import { sample, scrape } from '../helpers/metrics.js';
@@ -310,8 +312,8 @@ describe('asynchronous requests on a whole stack', () => {
     const res = await submit(stack, { image: images.map(b64) });
     assert.equal(res.status, 202);
     const id = res.body.inference_id;
-    // Killed while it holds jobs: they come back through the stalled-job check (JOB_LOCK_MS).
-    const active = `${stack.prefix}:pre:active`;
+    // Killed while it holds a job: it comes back through the stalled-job check (JOB_LOCK_MS).
+    const active = `${stack.prefix}:pre-async:active`;
     const until = Date.now() + 20_000;
     while ((await suite.redis.client.llen(active)) === 0 && Date.now() < until) await sleep(2);
     const victim = stack.roles.find(
@@ -325,6 +327,53 @@ describe('asynchronous requests on a whole stack', () => {
     assert.equal(list.length, 60);
     // Each image's own box (its centre moves a pixel per image), within the detector's 2 px.
     list.forEach((r, i) => assert.ok(Math.abs(r.predictions[0]!.x - (10 + i + 50)) <= 2, `${i}`));
+  });
+
+  test("a list is decoded at the model's pace, and synchronous images do not wait for it", async () => {
+    // The inference process takes no asynchronous image while `infer-async` is paused.
+    const inferAsync = new Queue(QueueName.inferAsync, {
+      connection: { url: suite.redis.url },
+      prefix: stack.prefix,
+    });
+    const decodedAhead = () => suite.redis.client.zcard(`${stack.prefix}:infer-async:prioritized`);
+    try {
+      await inferAsync.pause();
+      const images = await Promise.all(
+        Array.from({ length: 30 }, (_, i) =>
+          drawImage(320, 240, [{ colour: 'green', x: 10 + i, y: 30, w: 90, h: 70 }]),
+        ),
+      );
+      const res = await submit(stack, { image: images.map(b64) });
+      assert.equal(res.status, 202);
+      const until = Date.now() + 10_000;
+      while ((await decodedAhead()) < ASYNC_DECODED_AHEAD && Date.now() < until) await sleep(20);
+      await sleep(500);
+      // Each `pre` process (two here) may decode one more image than the limit between its
+      // check and its enqueue; the rest of the list waits undecoded.
+      const ahead = await decodedAhead();
+      assert.ok(
+        ahead >= ASYNC_DECODED_AHEAD && ahead <= ASYNC_DECODED_AHEAD + 2,
+        `${ahead} decoded ahead`,
+      );
+      const undecoded = await suite.redis.client.zcard(`${stack.prefix}:pre-async:prioritized`);
+      assert.ok(undecoded >= 30 - ahead - 2, `${undecoded} not decoded yet`);
+      // A synchronous image goes through while the list waits.
+      const started = Date.now();
+      const sync = await postJson(stack, '/infer/object_detection', {
+        image: b64(images[0]!),
+        timeout_ms: 5000,
+      });
+      assert.equal(sync.status, 200, JSON.stringify(sync.body));
+      assert.ok(Date.now() - started < 2000, `synchronous request took ${Date.now() - started} ms`);
+      await inferAsync.resume();
+      const done = await pollUntil(stack, res.body.inference_id, 30_000);
+      assert.equal(done.status, 'completed');
+      const list = done.result as DetectionResponse[];
+      list.forEach((r, i) => assert.ok(Math.abs(r.predictions[0]!.x - (10 + i + 45)) <= 2, `${i}`));
+    } finally {
+      await inferAsync.resume();
+      await inferAsync.close();
+    }
   });
 
   test('after Redis restarts empty, an id it no longer knows is 404 RESULT_UNKNOWN', async () => {
@@ -394,14 +443,14 @@ describe('asynchronous requests while nothing runs them yet', () => {
     assert.equal(sync.status, 504, JSON.stringify(sync.body));
     const text = await scrape(stack, 'gateway');
     assert.equal(sample(text, 'sd_async_backlog_images'), 4);
-    assert.equal(sample(text, 'sd_queue_jobs', { queue: 'pre', state: 'prioritized' }), 4);
+    assert.equal(sample(text, 'sd_queue_jobs', { queue: 'pre-async', state: 'prioritized' }), 4);
     const del = await fetch(`${stack.url}/async/${first.body.inference_id}`, { method: 'DELETE' });
     assert.equal(del.status, 204);
     await sleep(500); // the backlog the gateway reads is empty again
     assert.equal(sample(await scrape(stack, 'gateway'), 'sd_async_backlog_images'), 0);
   });
 
-  test('synchronous images are taken before asynchronous ones waiting longer', async () => {
+  test('asynchronous images wait in queues of their own, apart from synchronous ones', async () => {
     const image = await drawImage(200, 150, [{ colour: 'blue', x: 20, y: 20, w: 60, h: 50 }]);
     const asyncRes = await submit(stack, { image: [b64(image), b64(image), b64(image)] });
     assert.equal(asyncRes.status, 202);
@@ -410,22 +459,22 @@ describe('asynchronous requests while nothing runs them yet', () => {
       image: b64(image),
       timeout_ms: 20_000,
     });
-    // Both wait in the `pre` queue: the sync image in the wait list, the others prioritized.
-    const queueKey = `${stack.prefix}:pre`;
+    // The sync image waits in `pre`'s wait list, the async ones in `pre-async`, prioritized.
     const until = Date.now() + 5000;
-    while ((await suite.redis.client.llen(`${queueKey}:wait`)) === 0 && Date.now() < until)
+    while ((await suite.redis.client.llen(`${stack.prefix}:pre:wait`)) === 0 && Date.now() < until)
       await sleep(20);
-    assert.equal(await suite.redis.client.zcard(`${queueKey}:prioritized`), 3);
+    assert.equal(await suite.redis.client.zcard(`${stack.prefix}:pre-async:prioritized`), 3);
+    assert.equal(await suite.redis.client.zcard(`${stack.prefix}:pre:prioritized`), 0);
     stack.add('pre');
     const sync = await syncPending;
     assert.equal(sync.status, 200);
     const syncId = (sync.body as DetectionResponse).inference_id;
     const done = await pollUntil(stack, asyncRes.body.inference_id);
     assert.equal(done.status, 'completed');
-    const order = logEvents(stack, 'pre', 'preprocessed').map((e) => e['inference_id']);
-    assert.equal(order[0], syncId, `pre took the synchronous image first: ${order.join(', ')}`);
-    assert.equal(order.length, 4);
-    // In the inference process, asynchronous images come through a queue of their own.
+    const decoded = logEvents(stack, 'pre', 'preprocessed');
+    assert.equal(decoded.find((e) => e['inference_id'] === syncId)?.['stage'], 'pre');
+    assert.equal(decoded.filter((e) => e['stage'] === 'pre-async').length, 3);
+    // In the inference process, asynchronous images come through a queue of their own too.
     const inferred = logEvents(stack, 'infer', 'inferred');
     assert.equal(inferred.find((e) => e['inference_id'] === syncId)?.['stage'], 'infer');
     assert.equal(inferred.filter((e) => e['stage'] === 'infer-async').length, 3);

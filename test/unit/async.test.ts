@@ -8,6 +8,7 @@ import { Admission } from '../../services/gateway/admission.js';
 import type { StoreState } from '../../services/gateway/store-monitor.js';
 import { postWebhook, webhookSignature } from '../../services/pre/webhook.js';
 import { isAddressRefusal } from '../../services/pre/image-source.js';
+import { AsyncPacer } from '../../services/pre/async-pacing.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
@@ -355,7 +356,7 @@ describe('priority of synchronous images', () => {
       deadlineOf: () => Infinity,
       expiredError: () => new Error('expired'),
       priorityOf: (item) => (item.urgent ? 0 : 1),
-      backgroundPacing: { factor: 5, activeMs: 300 },
+      backgroundPacing: { factor: 5, activeMs: 300, maxBatch: 1 },
       // Each batch takes 20 ms.
       run: (_lane, items) => {
         runs.push({ ids: items.map((i) => i.id), at: Date.now() });
@@ -381,6 +382,116 @@ describe('priority of synchronous images', () => {
     await Promise.all(['a3', 'a4'].map((id) => batcher.submit({ id, urgent: false })));
     assert.ok(at('a4') - at('a3') < 20 + 60, `async batches ${at('a4') - at('a3')} ms apart`);
     batcher.close();
+  });
+});
+
+test('in the batcher, async batches hold one image while synchronous images arrive', async () => {
+  const runs: string[][] = [];
+  const release: Array<() => void> = [];
+  const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
+    laneOf: () => 'm',
+    maxBatchOf: () => 8,
+    maxDelayMs: 0,
+    deadlineOf: () => Infinity,
+    expiredError: () => new Error('expired'),
+    priorityOf: (item) => (item.urgent ? 0 : 1),
+    backgroundPacing: { factor: 0, activeMs: 300, maxBatch: 1 },
+    run: (_lane, items) => {
+      runs.push(items.map((i) => i.id));
+      return new Promise((resolve) => release.push(() => resolve(items.map((i) => i.id))));
+    },
+  });
+  const settle = async (n: number) => {
+    while (runs.length < n) await new Promise((r) => setTimeout(r, 2));
+    release.shift()!();
+  };
+  // Without synchronous images, async batches are full.
+  const first = ['a1', 'a2', 'a3', 'a4'].map((id) => batcher.submit({ id, urgent: false }));
+  await settle(1); // a1 ran alone (the model was idle)
+  await settle(2);
+  await Promise.all(first);
+  assert.deepEqual(runs[1], ['a2', 'a3', 'a4']);
+  // A synchronous image: async batches that follow it hold one image each.
+  const s1 = batcher.submit({ id: 's1', urgent: true });
+  const next = ['a5', 'a6', 'a7'].map((id) => batcher.submit({ id, urgent: false }));
+  for (let n = 3; n <= 6; n++) await settle(n);
+  await Promise.all([s1, ...next]);
+  assert.deepEqual(runs.slice(2), [['s1'], ['a5'], ['a6'], ['a7']]);
+  batcher.close();
+});
+
+test('in the batcher, with two slots one async batch runs at a time while synchronous images arrive', async () => {
+  const running: string[][] = [];
+  let most = 0;
+  const release: Array<() => void> = [];
+  const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
+    laneOf: () => 'm',
+    maxBatchOf: () => 8,
+    maxDelayMs: 0,
+    slots: 2,
+    deadlineOf: () => Infinity,
+    expiredError: () => new Error('expired'),
+    priorityOf: (item) => (item.urgent ? 0 : 1),
+    backgroundPacing: { factor: 0, activeMs: 10_000, maxBatch: 1 },
+    run: (_lane, items) => {
+      const ids = items.map((i) => i.id);
+      running.push(ids);
+      most = Math.max(most, running.length);
+      return new Promise((resolve) =>
+        release.push(() => {
+          running.splice(running.indexOf(ids), 1);
+          resolve(ids);
+        }),
+      );
+    },
+  });
+  const s1 = batcher.submit({ id: 's1', urgent: true });
+  release.shift()!();
+  await s1;
+  // With two slots free, async batches of one image run one after the other.
+  const all = ['a1', 'a2', 'a3'].map((id) => batcher.submit({ id, urgent: false }));
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 5));
+    release.shift()?.();
+  }
+  assert.deepEqual(await Promise.all(all), ['a1', 'a2', 'a3']);
+  assert.equal(most, 1, 'two async batches ran at once');
+  batcher.close();
+});
+
+describe('pacing of asynchronous decoding', () => {
+  test('waits while the model is behind, and goes on once it caught up', async () => {
+    const backlog = [9, 8, 8, 7];
+    let reads = 0;
+    const pacer = new AsyncPacer({
+      backlog: () => Promise.resolve(backlog[Math.min(reads++, backlog.length - 1)]!),
+      ahead: 8,
+      pollMs: 10,
+    });
+    const started = Date.now();
+    await pacer.waitForRoom(Date.now() + 10_000);
+    assert.equal(reads, 4, 'read until fewer than 8 waited');
+    assert.ok(Date.now() - started >= 25, `${Date.now() - started} ms`);
+  });
+
+  test('the deadline, close() and a failed read end the wait', async () => {
+    const behind = new AsyncPacer({ backlog: () => Promise.resolve(100), ahead: 8, pollMs: 20 });
+    let started = Date.now();
+    await behind.waitForRoom(Date.now() + 60);
+    assert.ok(Date.now() - started < 500, 'ended at the deadline');
+    started = Date.now();
+    const waiting = behind.waitForRoom(Date.now() + 60_000);
+    setTimeout(() => behind.close(), 30);
+    await waiting;
+    assert.ok(Date.now() - started < 500, 'ended by close()');
+    behind.close();
+    await behind.waitForRoom(Date.now() + 60_000);
+    const failing = new AsyncPacer({
+      backlog: () => Promise.reject(new Error('Redis is gone')),
+      ahead: 8,
+      pollMs: 20,
+    });
+    await failing.waitForRoom(Date.now() + 60_000);
   });
 });
 

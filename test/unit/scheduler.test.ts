@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BatchScheduler } from '../../services/infer/batcher.js';
 
 /**
- * The scheduler between models: one run slot, one lane per model, and the fairness rule (the
+ * The scheduler between models: run slots (one by default), one lane per model, and the fairness rule (the
  * oldest waiting image first, unless another model's full batch is ready; a lane is passed
  * over at most once in a row).
  */
@@ -19,10 +19,11 @@ interface RunCall {
   resolve: () => void;
 }
 
-function harness(maxBatch: Record<string, number>, maxDelayMs: number) {
+function harness(maxBatch: Record<string, number>, maxDelayMs: number, slots = 1) {
   const calls: RunCall[] = [];
   const scheduler = new BatchScheduler<Item, string>({
     maxDelayMs,
+    slots,
     laneOf: (item) => item.lane,
     maxBatchOf: (lane) => maxBatch[lane] ?? 1,
     run: (lane, items) =>
@@ -148,4 +149,28 @@ void test('scheduler: close rejects what waits in every lane', async () => {
   await assert.rejects(submit('a', 'a3'), /closed/);
   calls[0]!.resolve();
   assert.equal(await running, 'a1');
+});
+
+void test('scheduler: with two slots (model instances) two batches run at once, never three', async () => {
+  const { scheduler, calls, submit } = harness({ a: 2 }, 10, 2);
+  const results = [submit('a', 'a0'), submit('a', 'a1')];
+  // a0 found both slots free and runs alone; a1 arrives while one slot is still free: at once.
+  assert.deepEqual(
+    calls.map((c) => c.ids),
+    [['a0'], ['a1']],
+  );
+  // Both slots busy: arrivals collect into a batch, which waits for a slot.
+  results.push(submit('a', 'a2'), submit('a', 'a3'), submit('a', 'a4'));
+  await sleep(30);
+  assert.equal(calls.length, 2, 'a third batch ran while two were running');
+  calls[1]!.resolve();
+  await waitFor(() => calls.length === 3, 'the next batch in the freed slot');
+  assert.deepEqual(calls[2]!.ids, ['a2', 'a3']);
+  calls[0]!.resolve();
+  await waitFor(() => calls.length === 4, 'the leftover in the other freed slot');
+  assert.deepEqual(calls[3]!.ids, ['a4']);
+  calls[2]!.resolve();
+  calls[3]!.resolve();
+  assert.deepEqual(await Promise.all(results), ['a0', 'a1', 'a2', 'a3', 'a4']);
+  scheduler.close();
 });
