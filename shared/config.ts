@@ -131,6 +131,13 @@ export const EnvSchema = z.object({
   ASYNC_MAX_BACKLOG: int(10_000, 1, 100_000_000),
   /** Delivery attempts of one webhook, with exponential backoff between them. */
   ASYNC_WEBHOOK_ATTEMPTS: int(5, 1, 100),
+  /**
+   * Webhook deliveries one `pre` process makes at once: a receiver that does not answer holds
+   * one of them for up to WEBHOOK_TIMEOUT_MS per attempt, so many, since waiting costs nothing.
+   */
+  WEBHOOK_CONCURRENCY: int(256, 1, 10_000),
+  /** Longest time one webhook POST may take before the attempt counts as failed, ms. */
+  WEBHOOK_TIMEOUT_MS: int(10_000, 100, 600_000),
   /** Key of the webhooks' HMAC-SHA256 signature; without it `webhook_url` is refused. */
   WEBHOOK_SECRET: z.string().min(1).optional(),
   /** A file holding WEBHOOK_SECRET (its first line), e.g. a mounted secret. */
@@ -331,6 +338,8 @@ function toConfig(e: z.output<typeof EnvSchema>) {
       /** Unfinished asynchronous images at which new requests are refused (429). */
       maxBacklog: e.ASYNC_MAX_BACKLOG,
       webhookAttempts: e.ASYNC_WEBHOOK_ATTEMPTS,
+      webhookConcurrency: e.WEBHOOK_CONCURRENCY,
+      webhookTimeoutMs: e.WEBHOOK_TIMEOUT_MS,
       /** The signing key, as given; or read from `webhookSecretFile` (webhookSecret()). */
       webhookSecret: e.WEBHOOK_SECRET,
       webhookSecretFile: e.WEBHOOK_SECRET_FILE,

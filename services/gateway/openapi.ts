@@ -44,6 +44,38 @@ export function errorResponses(...statuses: number[]): Record<number, Record<str
   return Object.fromEntries(statuses.map((s) => [s, body]));
 }
 
+/**
+ * The request bodies a detection route takes, by media type: `json` for `application/json`; a
+ * multipart form whose part `file` is the image (plus `formFields`); a raw image
+ * (`image/*` or `application/octet-stream`). With the last two the options come from the query
+ * string.
+ */
+function imageRequestBodies(
+  json: z.ZodType,
+  formFields: Record<string, z.ZodType> = {},
+): { content: Record<string, { schema: Record<string, unknown> }> } {
+  const binary = { type: 'string', format: 'binary' };
+  const form = openApiSchema(z.object(formFields), 'input');
+  const raw = { schema: { ...binary, description: 'The image file itself.' } };
+  return {
+    content: {
+      'application/json': { schema: openApiSchema(json, 'input') },
+      'multipart/form-data': {
+        schema: {
+          ...form,
+          properties: {
+            file: { ...binary, description: 'The image file.' },
+            ...(form['properties'] as Record<string, unknown> | undefined),
+          },
+          required: ['file'],
+        },
+      },
+      'image/*': raw,
+      'application/octet-stream': raw,
+    },
+  };
+}
+
 /** The documented 200 response of a detection: Roboflow's ObjectDetectionInferenceResponse. */
 export const detectionResponseDoc = openApiSchema(DetectionResponseSchema);
 
@@ -53,7 +85,7 @@ export const inferRouteSchema = {
   description:
     "Roboflow's ObjectDetectionInferenceRequest. The image may also be sent as multipart/form-data " +
     "(part 'file') or as a raw image body; the options then come from the query string.",
-  body: openApiSchema(RequestBodyDocSchema, 'input'),
+  body: imageRequestBodies(RequestBodyDocSchema),
   response: {
     200: openApiSchema(z.union([DetectionResponseSchema, z.array(DetectionResponseSchema)])),
     ...errorResponses(400, 404, 413, 415, 500, 503, 504),
@@ -71,10 +103,23 @@ export const asyncInferRouteSchema = {
   summary: 'Submit one image or a list for detection, answered later',
   description:
     'Takes every body POST /infer/object_detection takes (JSON, multipart, raw image), plus webhook_url, and answers 202 as soon as the images are stored and enqueued, with a Location header naming the status URL. Synchronous requests keep priority over asynchronous ones in every queue.',
-  body: openApiSchema(RequestBodyDocSchema.extend({ webhook_url: WebhookUrlSchema }), 'input'),
+  body: imageRequestBodies(
+    RequestBodyDocSchema.extend({
+      webhook_url: WebhookUrlSchema,
+      timeout_ms: RequestBodyDocSchema.shape.timeout_ms.describe(
+        'A deadline shorter than the server default for asynchronous requests (ASYNC_TIMEOUT_MS); longer is capped.',
+      ),
+    }),
+    { webhook_url: WebhookUrlSchema },
+  ),
   querystring: openApiSchema(z.object({ webhook_url: WebhookUrlSchema }), 'input'),
   response: {
-    202: openApiSchema(AsyncAcceptedSchema),
+    202: {
+      ...openApiSchema(AsyncAcceptedSchema),
+      headers: {
+        Location: { type: 'string', description: 'The status URL, /async/<inference_id>.' },
+      },
+    },
     ...errorResponses(400, 404, 413, 415, 429, 500, 503, 504),
   },
 };

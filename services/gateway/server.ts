@@ -106,6 +106,10 @@ export async function buildServer(deps: GatewayDeps) {
       connectionsCheckingInterval: 1000,
     },
     clientErrorHandler: clientError,
+    // Path parameters (model ids, asynchronous request ids) up to 2048 characters reach their
+    // routes, which answer an unknown one with their 404 (find-my-way's default, 100, made a
+    // longer unknown id a 400).
+    routerOptions: { maxParamLength: 2048 },
     // URLs fastify cannot route (a bad %-escape): the API's 400.
     frameworkErrors: (err, _req, reply) => {
       const body: ErrorBody = {

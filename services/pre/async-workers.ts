@@ -34,10 +34,10 @@ export interface AsyncWorkersOptions {
   /** The webhooks' signing key; undefined: webhooks are refused at submit, none can be due. */
   secret: string | undefined;
   policy: WebhookPolicy;
+  /** Webhook deliveries this process makes at once (WEBHOOK_CONCURRENCY). */
+  concurrency: number;
 }
 
-/** Webhook deliveries one process makes at once. */
-const WEBHOOK_CONCURRENCY = 16;
 /** Deadline jobs one process runs at once. */
 const DEADLINE_CONCURRENCY = 4;
 
@@ -92,7 +92,7 @@ export function startAsyncWorkers(opts: AsyncWorkersOptions): () => Promise<void
     await completion.expire(requestId);
   });
 
-  const webhooks = worker(AsyncQueueName.webhook, WEBHOOK_CONCURRENCY, async (requestId, job) => {
+  const webhooks = worker(AsyncQueueName.webhook, opts.concurrency, async (requestId, job) => {
     const jobLog = log.child({ request_id: requestId });
     const record = await completion.records.read(requestId);
     if (!record || record.meta.webhookUrl === undefined || record.webhook === 'delivered') {

@@ -50,8 +50,9 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
     policy: {
       allowPrivate: policy.allowPrivate,
       connectTimeoutMs: policy.connectTimeoutMs,
-      totalTimeoutMs: policy.totalTimeoutMs,
+      totalTimeoutMs: config.async.webhookTimeoutMs,
     },
+    concurrency: config.async.webhookConcurrency,
   });
   const inferQueue = createQueue(QueueName.infer, client, keys.prefix, log);
   const inferAsyncQueue = createQueue(QueueName.inferAsync, client, keys.prefix, log);

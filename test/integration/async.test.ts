@@ -105,6 +105,8 @@ function receiver(): Receiver {
 }
 
 const hook = receiver();
+// A webhook receiver that takes each POST and never answers.
+const silent = suiteLoopbackServer(() => {});
 // Image URLs that fail slowly (a trickle, cut off by URL_FETCH_MIN_BYTES_PER_S after 2 s).
 const slowImages = suiteImageServer();
 
@@ -231,7 +233,7 @@ describe('asynchronous requests on a whole stack', () => {
   });
 
   test('an unknown id is 404 RESULT_UNKNOWN; limits are 400', async () => {
-    for (const id of ['7d9f3c1e-0000-4000-8000-000000000000', 'not-an-id']) {
+    for (const id of ['7d9f3c1e-0000-4000-8000-000000000000', 'not-an-id', 'x'.repeat(300)]) {
       const res = await getStatus(stack, id);
       assert.equal(res.status, 404);
       assert.equal(res.body.code, 'RESULT_UNKNOWN');
@@ -242,9 +244,31 @@ describe('asynchronous requests on a whole stack', () => {
     const tooMany = await submit(stack, { image: Array.from({ length: 61 }, () => b64(image)) });
     assert.equal(tooMany.status, 400);
     assert.match(JSON.stringify(tooMany.body), /61 images .* at most 60/);
+    const notUrl = await submit(stack, { image: b64(image), webhook_url: 'not a url' });
+    assert.equal(notUrl.status, 400, JSON.stringify(notUrl.body));
     const badHook = await submit(stack, { image: b64(image), webhook_url: 'ftp://x.example/' });
     assert.equal(badHook.status, 400);
     assert.match(JSON.stringify(badHook.body), /webhook_url/);
+  });
+
+  test("receivers that never answer do not hold back other requests' webhooks", async () => {
+    hook.status = 200;
+    hook.deliveries.length = 0;
+    const image = await drawImage(64, 64, []);
+    // More silent deliveries at once than the two `pre` processes had slots for before
+    // WEBHOOK_CONCURRENCY (16 each), each waiting out its timeout.
+    for (let i = 0; i < 40; i++) {
+      const res = await submit(stack, { image: b64(image), webhook_url: `${silent.url}/${i}` });
+      assert.equal(res.status, 202);
+    }
+    await sleep(1000);
+    const sentAt = Date.now();
+    const res = await submit(stack, { image: b64(image), webhook_url: `${hook.url}/prompt` });
+    assert.equal(res.status, 202);
+    const until = Date.now() + 8000;
+    while (hook.deliveries.length === 0 && Date.now() < until) await sleep(20);
+    assert.equal(hook.deliveries.length, 1, 'the webhook of a healthy receiver waited');
+    assert.ok(Date.now() - sentAt < 3000, `delivered ${Date.now() - sentAt} ms after the submit`);
   });
 
   test('a webhook answered 2xx gets the status document once, signed', async () => {

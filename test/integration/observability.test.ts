@@ -208,6 +208,28 @@ describe('observability', () => {
     const ajv = new Ajv({ strict: false });
     (addFormatsModule as unknown as (a: Ajv) => void)(ajv);
     assert.ok(doc.paths['/async/infer/object_detection']?.['post']?.requestBody);
+    // Every body form both detection routes take, and the 202's Location header.
+    for (const path of ['/infer/object_detection', '/async/infer/object_detection']) {
+      const body = doc.paths[path]?.['post']?.requestBody as { content: Record<string, unknown> };
+      assert.deepEqual(Object.keys(body.content).sort(), [
+        'application/json',
+        'application/octet-stream',
+        'image/*',
+        'multipart/form-data',
+      ]);
+    }
+    const asyncOp = doc.paths['/async/infer/object_detection']!['post']!;
+    const asyncBody = asyncOp.requestBody as {
+      content: Record<string, { schema: { properties: Record<string, { description?: string }> } }>;
+    };
+    assert.ok(asyncBody.content['multipart/form-data']!.schema.properties['webhook_url']);
+    assert.match(
+      asyncBody.content['application/json']!.schema.properties['timeout_ms']!.description ?? '',
+      /ASYNC_TIMEOUT_MS/,
+    );
+    assert.ok(
+      (asyncOp.responses['202'] as { headers?: Record<string, unknown> }).headers?.['Location'],
+    );
     const accepted = await postJson(stack, '/async/infer/object_detection', await request());
     assert.equal(accepted.status, 202);
     const acceptedSchema = schemaOf('/async/infer/object_detection', 'post', '202');

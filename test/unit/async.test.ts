@@ -151,6 +151,10 @@ describe('webhook_url at submit', () => {
       () => parseWebhookUrl(body({ webhook_url: 'http://h.example:0/' }), 's', false),
       /port 0/,
     );
+    // Not URLs at all: the same 400, whichever form the value takes.
+    for (const notUrl of ['not a url', 'http://', '', 'https://[::1', '//h.example/x'])
+      for (const secret of ['s', undefined])
+        refused(() => parseWebhookUrl(body({ webhook_url: notUrl }), secret, false), /webhook_url/);
     refused(
       () =>
         parseWebhookUrl(body({ webhook_url: `https://h.example/${'a'.repeat(2048)}` }), 's', false),
