@@ -218,7 +218,7 @@ describe('observability', () => {
         'multipart/form-data',
       ]);
     }
-    const asyncOp = doc.paths['/async/infer/object_detection']!['post']!;
+    const asyncOp = doc.paths['/async/infer/object_detection']['post'];
     const asyncBody = asyncOp.requestBody as {
       content: Record<string, { schema: { properties: Record<string, { description?: string }> } }>;
     };
