@@ -301,6 +301,29 @@ describe('webhook_url at submit', () => {
   });
 });
 
+/** An item of the batcher tests: synchronous (urgent) or asynchronous. */
+interface Urgency {
+  id: string;
+  urgent: boolean;
+}
+
+/** A batcher of one lane whose items are synchronous (class 0) or asynchronous (class 1). */
+function urgencyBatcher(
+  opts: Pick<
+    ConstructorParameters<typeof BatchScheduler<Urgency, string>>[0],
+    'maxBatchOf' | 'run' | 'backgroundPacing' | 'slots'
+  >,
+): BatchScheduler<Urgency, string> {
+  return new BatchScheduler<Urgency, string>({
+    laneOf: () => 'm',
+    maxDelayMs: 0,
+    deadlineOf: () => Infinity,
+    expiredError: () => new Error('expired'),
+    priorityOf: (item) => (item.urgent ? 0 : 1),
+    ...opts,
+  });
+}
+
 describe('priority of synchronous images', () => {
   test('asynchronous jobs get a BullMQ priority, synchronous ones none', () => {
     assert.equal(asyncRequestOf(asyncReplyTo('r1')), 'r1');
@@ -323,13 +346,8 @@ describe('priority of synchronous images', () => {
   test('in the batcher, a synchronous image joins the next batch ahead of waiting async ones', async () => {
     const runs: string[][] = [];
     const release: Array<() => void> = [];
-    const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
-      laneOf: () => 'm',
+    const batcher = urgencyBatcher({
       maxBatchOf: () => 2,
-      maxDelayMs: 0,
-      deadlineOf: () => Infinity,
-      expiredError: () => new Error('expired'),
-      priorityOf: (item) => (item.urgent ? 0 : 1),
       run: (_lane, items) => {
         runs.push(items.map((i) => i.id));
         return new Promise((resolve) => release.push(() => resolve(items.map((i) => i.id))));
@@ -353,13 +371,8 @@ describe('priority of synchronous images', () => {
 
   test('in the batcher, async batches pause while synchronous images arrive, and only then', async () => {
     const runs: Array<{ ids: string[]; at: number }> = [];
-    const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
-      laneOf: () => 'm',
+    const batcher = urgencyBatcher({
       maxBatchOf: () => 1,
-      maxDelayMs: 0,
-      deadlineOf: () => Infinity,
-      expiredError: () => new Error('expired'),
-      priorityOf: (item) => (item.urgent ? 0 : 1),
       backgroundPacing: { factor: 5, activeMs: 300, maxBatch: 1 },
       // Each batch takes 20 ms.
       run: (_lane, items) => {
@@ -392,13 +405,8 @@ describe('priority of synchronous images', () => {
 test('in the batcher, async batches hold one image while synchronous images arrive', async () => {
   const runs: string[][] = [];
   const release: Array<() => void> = [];
-  const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
-    laneOf: () => 'm',
+  const batcher = urgencyBatcher({
     maxBatchOf: () => 8,
-    maxDelayMs: 0,
-    deadlineOf: () => Infinity,
-    expiredError: () => new Error('expired'),
-    priorityOf: (item) => (item.urgent ? 0 : 1),
     backgroundPacing: { factor: 0, activeMs: 300, maxBatch: 1 },
     run: (_lane, items) => {
       runs.push(items.map((i) => i.id));
@@ -428,14 +436,9 @@ test('in the batcher, with two slots one async batch runs at a time while synchr
   const running: string[][] = [];
   let most = 0;
   const release: Array<() => void> = [];
-  const batcher = new BatchScheduler<{ id: string; urgent: boolean }, string>({
-    laneOf: () => 'm',
+  const batcher = urgencyBatcher({
     maxBatchOf: () => 8,
-    maxDelayMs: 0,
     slots: 2,
-    deadlineOf: () => Infinity,
-    expiredError: () => new Error('expired'),
-    priorityOf: (item) => (item.urgent ? 0 : 1),
     backgroundPacing: { factor: 0, activeMs: 10_000, maxBatch: 1 },
     run: (_lane, items) => {
       const ids = items.map((i) => i.id);
