@@ -43,6 +43,8 @@ export interface LifecycleOptions {
 }
 
 const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+/** Longest wait for the log's flush before a process re-raises its signal, ms. */
+const FLUSH_WAIT_MS = 500;
 
 /**
  * Installs the lifecycle of this process: call it first thing in an entry point.
@@ -55,11 +57,23 @@ export function installLifecycle(log: Logger, opts: LifecycleOptions): Lifecycle
   let firstSignalAt = 0;
   const repeatWindowMs = opts.repeatWindowMs ?? 1000;
 
-  /** Ends the process: by re-raising `signal` (handlers removed first), or with `code`. */
+  /**
+   * Ends the process: by re-raising `signal` (handlers removed first), or with `code`. A log
+   * that writes in the background (pino's pretty transport, on a terminal) flushes what is
+   * pending on 'exit', which a process ended by a signal never emits: the log is flushed first,
+   * so the stop's own lines are not lost (the JSON log writes synchronously; shared/logger.ts).
+   * A flush that has not called back within FLUSH_WAIT_MS does not hold the stop.
+   */
   const end = (signal: NodeJS.Signals | undefined, code: number): void => {
     if (!signal) process.exit(code);
     for (const s of SIGNALS) process.removeAllListeners(s);
-    process.kill(process.pid, signal);
+    const raise = () => process.kill(process.pid, signal);
+    setTimeout(raise, FLUSH_WAIT_MS);
+    try {
+      log.flush(raise);
+    } catch {
+      raise();
+    }
   };
   /** Ends the process now, after the caller's last words (`onForce`). */
   const force = (why: string, details: Record<string, unknown>): void => {

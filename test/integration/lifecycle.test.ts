@@ -40,7 +40,10 @@ test('SIGTERM while the inference process is still loading its model ends it at 
     assert.ok(Date.now() - sentAt < 2000, `took ${Date.now() - sentAt} ms`);
     assert.equal(infer.process.signalCode, 'SIGTERM');
     await closed;
-    assert.ok(infer.output.some((l) => l.includes('stopping during startup')));
+    assert.ok(
+      infer.output.some((l) => l.includes('stopping during startup')),
+      infer.output.join('\n'),
+    );
   } finally {
     await stack.stop();
   }

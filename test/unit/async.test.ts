@@ -407,7 +407,7 @@ test('in the batcher, async batches hold one image while synchronous images arri
   const release: Array<() => void> = [];
   const batcher = urgencyBatcher({
     maxBatchOf: () => 8,
-    backgroundPacing: { factor: 0, activeMs: 300, maxBatch: 1 },
+    backgroundPacing: { factor: 0, activeMs: 10_000, maxBatch: 1 },
     run: (_lane, items) => {
       runs.push(items.map((i) => i.id));
       return new Promise((resolve) => release.push(() => resolve(items.map((i) => i.id))));
