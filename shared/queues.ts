@@ -129,6 +129,16 @@ export function imageJobOptions(data: RequestContext): JobsOptions {
     : { jobId: data.id, priority: ASYNC_PRIORITY };
 }
 
+/**
+ * The queue an image goes on next: `sync` for a synchronous request's image, `background`
+ * for an asynchronous request's (`pre` / `pre-async`, `infer` / `infer-async`).
+ *
+ * @param replyTo the image's `replyTo` (an asynchronous request's is `async:<id>`)
+ */
+export function queueFor<T>(replyTo: string, sync: T, background: T): T {
+  return asyncRequestOf(replyTo) === undefined ? sync : background;
+}
+
 /** Adds the job for one image, with imageJobOptions. */
 export async function enqueue<Q extends QueueName>(
   queue: StageQueue<Q>,

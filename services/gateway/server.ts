@@ -66,7 +66,7 @@ export interface GatewayDeps {
   preAsyncQueue: StageQueue<'pre-async'>;
   /** Where images given by URL go first, to be downloaded. */
   fetchQueue: StageQueue<'fetch'>;
-  /** The stage queues (`fetch`, `pre`, `infer`, `post`). */
+  /** The stage queues (`fetch`, `pre`, `pre-async`, `infer`, `infer-async`, `post`). */
   stageQueues: ReadonlyArray<StageQueue<QueueName>>;
   /** The queues of asynchronous requests' deadlines and webhooks. */
   deadlineQueue: AsyncQueue;

@@ -7,8 +7,7 @@ import { withDeadline } from '../../shared/deadline.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
-import { asyncRequestOf } from '../../shared/async-requests.js';
-import { imageJobOptions, type StageQueue } from '../../shared/queues.js';
+import { imageJobOptions, queueFor, type StageQueue } from '../../shared/queues.js';
 import { execMulti, execPipeline } from '../../shared/redis.js';
 import { readMultipartForm } from './multipart-image.js';
 import {
@@ -208,8 +207,7 @@ export async function storeAndEnqueue(
     });
     const byUrl = chunk.filter((j) => j.source.kind === 'url');
     const stored = chunk.filter((j) => j.source.kind === 'stored');
-    const decodeQueue =
-      asyncRequestOf(stored[0]?.replyTo ?? '') === undefined ? input.preQueue : input.preAsyncQueue;
+    const decodeQueue = queueFor(stored[0]?.replyTo ?? '', input.preQueue, input.preAsyncQueue);
     const add = () =>
       Promise.all([
         byUrl.length > 0 &&

@@ -107,7 +107,7 @@ interface Lane<I, O> {
   skips: number;
 }
 
-/** The dynamic batching scheduler described above: one lane per model, one run at a time. */
+/** The dynamic batching scheduler described above: one lane per model, `slots` runs at a time. */
 export class BatchScheduler<I, O> {
   private readonly lanes = new Map<string, Lane<I, O>>();
   /** Batches running now, and how many of them are background batches. */
@@ -200,13 +200,18 @@ export class BatchScheduler<I, O> {
     if (this.slotFree) this.dispatchNext();
   }
 
+  /** Whether urgent items are arriving at `now`: one came within the pacing's `activeMs`. */
+  private urgentActive(now: number): boolean {
+    const pacing = this.opts.backgroundPacing;
+    return pacing !== undefined && now - this.lastUrgentAt < pacing.activeMs;
+  }
+
   /**
    * Whether background batches are held back at `now` (Pacing above); when they are, arms the
    * timer that dispatches them once the pause ends.
    */
   private backgroundPaused(now: number): boolean {
-    const pacing = this.opts.backgroundPacing;
-    const urgentActive = pacing !== undefined && now - this.lastUrgentAt < pacing.activeMs;
+    const urgentActive = this.urgentActive(now);
     const paused = urgentActive && now < this.backgroundPausedUntil;
     if (paused && !this.pauseTimer) {
       this.pauseTimer = setTimeout(() => {
@@ -255,7 +260,7 @@ export class BatchScheduler<I, O> {
     const laneMax = this.opts.maxBatchOf(lane.id);
     const pacing = this.opts.backgroundPacing;
     const maxBatch =
-      priority !== 0 && pacing && now - this.lastUrgentAt < pacing.activeMs
+      priority !== 0 && pacing && this.urgentActive(now)
         ? Math.min(laneMax, pacing.maxBatch)
         : laneMax;
     while (

@@ -127,11 +127,6 @@ export class OnnxModel {
     }
   }
 
-  /** Sessions of this model that run batches at the same time. */
-  get instances(): number {
-    return this.threads.length;
-  }
-
   static async load(opts: ModelOptions): Promise<OnnxModel> {
     const bytes = opts.modelPath ? await readModelFile(opts.modelPath) : buildTinyDetector();
     const metadata = safeMetadata(bytes);

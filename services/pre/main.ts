@@ -2,8 +2,7 @@ import sharp from 'sharp';
 import { QueueName, contextOf, nowMs, type PreJob } from '../../shared/contracts.js';
 import type { Logger } from '../../shared/logger.js';
 import { ModelDirectory } from '../../shared/model-directory.js';
-import { createQueue, enqueue, storeAndEnqueue } from '../../shared/queues.js';
-import { asyncRequestOf } from '../../shared/async-requests.js';
+import { createQueue, enqueue, queueFor, storeAndEnqueue } from '../../shared/queues.js';
 import { webhookSecret } from '../../shared/config.js';
 import { dataTtlSeconds } from '../../shared/deadline.js';
 import { cleanupWithRedis, createRedis } from '../../shared/redis.js';
@@ -87,7 +86,7 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
       keys.pixels(job.id),
       pixels,
       dataTtlSeconds(job.deadline, config.dataTtlSeconds),
-      asyncRequestOf(job.replyTo) === undefined ? inferQueue : inferAsyncQueue,
+      queueFor(job.replyTo, inferQueue, inferAsyncQueue),
       next,
     );
     log.debug(
@@ -112,7 +111,7 @@ runStage(QueueName.pre, ({ config, log, keys, client, instanceId, registry, comp
         queue: QueueName.fetch,
         concurrency: config.pre.fetch.concurrency,
         process: async (job, log) => {
-          const next = asyncRequestOf(job.replyTo) === undefined ? preQueue : preAsyncQueue;
+          const next = queueFor(job.replyTo, preQueue, preAsyncQueue);
           if (job.source.kind !== 'url') {
             await enqueue(next, job);
             return;
