@@ -23,9 +23,19 @@ const URL_MAX_REDIRECTS = 3;
 
 /** The environment variables, each with its default and range (see the README's table). */
 export const EnvSchema = z.object({
-  /** Redis for every role. Unset under `npm start`: the supervisor starts a private one. */
+  /**
+   * Redis for every role: `redis://`, `rediss://` (TLS), or `unix:///path/to/redis.sock` (a
+   * Unix socket on this machine, see redisTarget). Unset under `npm start`: the supervisor
+   * starts a private one.
+   */
   REDIS_URL: z
-    .url({ protocol: /^rediss?$/, error: 'a redis:// or rediss:// URL' })
+    .url({
+      protocol: /^(rediss?|unix)$/,
+      error: 'a redis://, rediss:// or unix:///path URL',
+    })
+    .refine((url) => !url.startsWith('unix:') || /^unix:\/\/\/./.test(url), {
+      error: 'a unix:// URL names an absolute socket path: unix:///path/to/redis.sock',
+    })
     .default('redis://127.0.0.1:6379'),
   /** Prefix of every Redis key and BullMQ queue, so several stacks can share one Redis. */
   REDIS_PREFIX: z

@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
+import { redisTarget } from '../../shared/redis.js';
 import { ROLES, type Role } from './processes.js';
 
 /**
@@ -39,7 +40,7 @@ function describe(err: unknown): string {
 /** Scheme, host and port of a Redis URL, without credentials. */
 function redisWhere(url: string): string {
   const u = new URL(url);
-  return `${u.protocol}//${u.host}`;
+  return u.protocol === 'unix:' ? `unix://${u.pathname}` : `${u.protocol}//${u.host}`;
 }
 
 async function checkGateway(config: Config): Promise<string> {
@@ -57,7 +58,7 @@ async function checkGateway(config: Config): Promise<string> {
 
 async function checkWorker(role: Exclude<Role, 'gateway'>, config: Config): Promise<string> {
   const where = redisWhere(config.redis.url);
-  const redis = new Redis(config.redis.url, {
+  const redis = new Redis(redisTarget(config.redis.url), {
     lazyConnect: true,
     connectTimeout: TIMEOUT_MS,
     maxRetriesPerRequest: 0,

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
+import { redisTarget } from '../../shared/redis.js';
 
 /**
  * Starting and stopping the stack's processes: the roles, run with the same Node (and, in
@@ -84,11 +85,13 @@ export class RedisServerError extends Error {
  * without waiting for it; see startRedisServer.
  *
  * @param password a password the server requires
+ * @param unixSocket a Unix socket path it listens on too (mode 700: this user only)
  */
 export function spawnRedisServer(
   port: number,
   stdio: StdioOptions = 'ignore',
   password?: string,
+  unixSocket?: string,
 ): ChildProcess {
   return spawn(
     'redis-server',
@@ -104,9 +107,15 @@ export function spawnRedisServer(
       '--maxmemory-policy',
       'noeviction',
       ...(password ? ['--requirepass', password] : []),
+      ...(unixSocket ? ['--unixsocket', unixSocket, '--unixsocketperm', '700'] : []),
     ],
     { stdio },
   );
+}
+
+/** The REDIS_URL of a Unix socket (shared/redis.ts, redisTarget). */
+export function redisSocketUrl(path: string): string {
+  return `unix://${path}`;
 }
 
 /** The URL of a private redis-server on loopback `port`. */
@@ -119,15 +128,18 @@ export function redisServerUrl(port: number, password?: string): string {
  *
  * @param port where it listens; default a free one (a given port restarts a server where it was)
  * @param password a password the server requires (it then appears in the returned URL)
+ * @param unixSocket a Unix socket path it listens on too (spawnRedisServer)
+ * @returns `url`, its loopback TCP URL (redis://127.0.0.1:port)
  * @throws RedisServerError when redis-server is missing, exits, or does not answer within 10 s
  */
 export async function startRedisServer(
   stdio: StdioOptions = 'ignore',
   port?: number,
   password?: string,
+  unixSocket?: string,
 ): Promise<{ url: string; process: ChildProcess }> {
   port ??= await freePort();
-  const child = spawnRedisServer(port, stdio, password);
+  const child = spawnRedisServer(port, stdio, password, unixSocket);
   const spawnError = new Promise<never>((_, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) =>
       reject(
@@ -150,7 +162,7 @@ export async function startRedisServer(
 
 /** Resolves once Redis at `url` answers PING; rejects after timeoutMs. */
 export async function waitForRedis(url: string, timeoutMs: number): Promise<void> {
-  const redis = new Redis(url, {
+  const redis = new Redis(redisTarget(url), {
     lazyConnect: true,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import { Redis } from 'ioredis';
@@ -94,6 +96,17 @@ describe('npm start (the supervisor)', () => {
         'redisUrl'
       ] as string;
       assert.match(redisUrl, /^redis:\/\/127\.0\.0\.1:\d+$/);
+      const socket = events(run).find((e) => e['msg'] === 'private redis-server started')?.[
+        'socket'
+      ] as string;
+      assert.match(socket, /\/redis\.sock$/);
+      // Every role's connections come through the Unix socket; TCP only from this test.
+      const admin = new Redis(redisUrl);
+      const clients = ((await admin.client('LIST')) as string).trim().split('\n');
+      admin.disconnect();
+      const roleClients = clients.filter((c) => /name=(gateway|pre|infer|post)/.test(c));
+      assert.ok(roleClients.length >= 8, clients.join('\n'));
+      for (const c of roleClients) assert.match(c, new RegExp(`laddr=${socket}`), c);
 
       const image = await drawImage(200, 150, [{ colour: 'green', x: 20, y: 30, w: 60, h: 40 }]);
       const infer = async () => {
@@ -160,6 +173,8 @@ describe('npm start (the supervisor)', () => {
       await assert.rejects(probe.connect());
       probe.disconnect();
       await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
+      // The socket's private directory went with it.
+      assert.equal(existsSync(dirname(socket)), false, `${dirname(socket)} is left`);
     } finally {
       run.child.kill('SIGKILL');
       // On failure, leave nothing running (the roles also stop by themselves once the

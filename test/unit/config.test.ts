@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { ConfigError, EnvSchema, loadConfig } from '../../shared/config.js';
+import { redisTarget } from '../../shared/redis.js';
 
 /** The README's configuration table: variable → its default cell. */
 function readmeVariables(): Map<string, string> {
@@ -64,14 +65,27 @@ describe('configuration', () => {
     );
   });
 
-  test('REDIS_URL is a redis:// or rediss:// URL', () => {
-    for (const url of ['redis://127.0.0.1:6379', 'rediss://user:pw@redis.internal:6380/2'])
+  test('REDIS_URL is a redis://, rediss:// or unix:///path URL', () => {
+    for (const url of [
+      'redis://127.0.0.1:6379',
+      'rediss://user:pw@redis.internal:6380/2',
+      'unix:///run/redis/redis.sock',
+    ])
       assert.equal(loadConfig({ REDIS_URL: url }).redis.url, url);
-    for (const url of ['ftp://x', 'http://redis:6379', '127.0.0.1:6379'])
+    for (const url of ['ftp://x', 'http://redis:6379', '127.0.0.1:6379', '/tmp/redis.sock'])
       assert.throws(
         () => loadConfig({ REDIS_URL: url }),
-        /REDIS_URL: a redis:\/\/ or rediss:\/\/ URL/,
+        /REDIS_URL: a redis:\/\/, rediss:\/\/ or unix:\/\/\/path URL/,
       );
+    for (const url of ['unix://host/redis.sock', 'unix:redis.sock'])
+      assert.throws(() => loadConfig({ REDIS_URL: url }), /REDIS_URL: a unix:\/\/ URL names/);
+  });
+
+  test('redisTarget gives ioredis the socket path of a unix:// URL, other URLs as they are', () => {
+    assert.equal(redisTarget('unix:///run/redis.sock'), '/run/redis.sock');
+    assert.equal(redisTarget('unix:///run/redis.sock?db=2'), '/run/redis.sock?db=2');
+    assert.equal(redisTarget('redis://127.0.0.1:6379/1'), 'redis://127.0.0.1:6379/1');
+    assert.equal(redisTarget('rediss://u:p@h:6380'), 'rediss://u:p@h:6380');
   });
 
   test('an empty value is unset; MODEL_PINNED defaults to false', () => {
