@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { Redis } from 'ioredis';
+import { once } from 'node:events';
+import { createConnection, type Socket } from 'node:net';
 import { round } from './proc-stats.js';
 
 /**
@@ -80,17 +81,15 @@ export async function countRedisCommands(
   await sequential();
   const warmSeconds = (performance.now() - t0) / 1000;
 
-  const monitor = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const scriptNames = await bullmqScriptNames();
   let counts = new Map<string, number>();
+  const feed = await openMonitor(redisUrl, (source, command, firstArg) => {
+    let name = (source === 'lua' ? 'lua:' : '') + command.toLowerCase();
+    if (name === 'evalsha' || name === 'evalsha_ro')
+      name += ` ${scriptNames.get(firstArg ?? '') ?? (firstArg ?? '?').slice(0, 8)}`;
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+  });
   try {
-    const feed = await monitor.monitor();
-    const scriptNames = await bullmqScriptNames();
-    feed.on('monitor', (_time: string, args: string[], source: string) => {
-      let name = (source === 'lua' ? 'lua:' : '') + (args[0] ?? '?').toLowerCase();
-      if (name === 'evalsha' || name === 'evalsha_ro')
-        name += ` ${scriptNames.get(args[1] ?? '') ?? (args[1] ?? '?').slice(0, 8)}`;
-      counts.set(name, (counts.get(name) ?? 0) + 1);
-    });
     // Let commands issued before MONITOR drain out of the count.
     await sleep(200);
     counts = new Map();
@@ -103,7 +102,7 @@ export async function countRedisCommands(
     await sleep(500);
     const loadSeconds = (performance.now() - l0) / 1000;
     const load = counts;
-    feed.disconnect();
+    feed.destroy();
 
     const names = new Set([...idle.keys(), ...load.keys()]);
     const perImageByCommand: Record<string, number> = {};
@@ -131,8 +130,40 @@ export async function countRedisCommands(
       loadByCommand: Object.fromEntries(load),
     };
   } finally {
-    monitor.disconnect();
+    feed.destroy();
   }
+}
+
+/**
+ * A MONITOR feed on a plain socket: `onCommand(source, command, firstArgument)` for each line,
+ * `source` being `lua` for commands run inside scripts. ioredis's monitor mode loses track of
+ * its replies when the first monitored lines arrive in the same read as MONITOR's `+OK` (it
+ * threw "Command queue state error" and ended the bench), so the lines are read here directly.
+ */
+async function openMonitor(
+  redisUrl: string,
+  onCommand: (source: string, command: string, firstArg: string | undefined) => void,
+): Promise<Socket> {
+  const url = new URL(redisUrl);
+  const socket = createConnection({ host: url.hostname, port: Number(url.port || 6379) });
+  await once(socket, 'connect');
+  const password = url.password ? decodeURIComponent(url.password) : '';
+  const user = url.username ? decodeURIComponent(url.username) : 'default';
+  if (password) socket.write(`AUTH ${JSON.stringify(user)} ${JSON.stringify(password)}\r\n`);
+  socket.write('MONITOR\r\n');
+  let rest = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (chunk: string) => {
+    const lines = (rest + chunk).split('\r\n');
+    rest = lines.pop() ?? '';
+    for (const line of lines) {
+      // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" "<sha1>" ...; [0 lua] inside scripts.
+      const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?/.exec(line);
+      if (m) onCommand(m[1] === 'lua' ? 'lua' : 'client', m[2]!, m[3]);
+    }
+  });
+  socket.on('error', () => {});
+  return socket;
 }
 
 function sleep(ms: number): Promise<void> {
