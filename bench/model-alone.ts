@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { EnvSchema, modelInstances } from '../shared/config.js';
-import { instanceThreads } from '../services/infer/model.js';
+import { sessionLayout } from '../services/infer/model.js';
 import type { SessionThreads } from '../services/infer/session-protocol.js';
 import { round } from './proc-stats.js';
 
@@ -14,28 +14,28 @@ import { round } from './proc-stats.js';
  * The options mirror services/infer/session-thread.ts: the CPU provider, graph optimisation
  * 'all', `ORT_INTRA_OP_THREADS` (0: onnxruntime's default) and `ORT_ALLOW_SPINNING` read from
  * this process's environment as the inference process reads them (the bench passes each
- * pipeline's environment on), and `MODEL_INSTANCES` sessions with the threads instanceThreads
- * gives each. Keep them in step with that file.
+ * pipeline's environment on), and the sessions of `MODEL_INSTANCES` with their threads as
+ * sessionLayout (services/infer/model.ts) makes them. Keep them in step with that file.
  *
- * Per batch size, two phases of the given seconds each: the first instance alone (the wall
- * times: what one request at a time meets), then every instance running batches side by side
- * (images/s and CPU per image: what a loaded pipeline's model costs). With one instance the
- * second phase is the first.
+ * Per batch size, two phases of the given seconds each: the first session alone (the solo
+ * session when there is one; the wall times: what one request at a time meets), then the
+ * side-by-side sessions (all but the solo one) running batches at once (images/s and CPU per
+ * image: what a loaded pipeline's model costs). With one session the second phase is the first.
  *
  * Usage: tsx bench/model-alone.ts <model.onnx | '' for the tiny model> <batch,...> <seconds per batch>
  * Progress on stderr; one JSON line on stdout (ModelAloneResult).
  */
 export interface ModelAlone {
   batchSize: number;
-  /** Images per second, every instance running. */
+  /** Images per second, the side-by-side sessions running. */
   imagesPerSecond: number;
-  /** Mean wall time of one run of this batch on the first instance alone, ms. */
+  /** Mean wall time of one run of this batch on the first session alone, ms. */
   msPerBatch: number;
-  /** Median wall time of one run of this batch on the first instance alone, ms. */
+  /** Median wall time of one run of this batch on the first session alone, ms. */
   wallMsP50: number;
-  /** CPU time of the whole process (every onnxruntime thread) per image, every instance running, ms. */
+  /** CPU time of the whole process (every onnxruntime thread) per image, the side-by-side sessions running, ms. */
   cpuMsPerImage: number;
-  /** Runs of the first instance alone. */
+  /** Runs of the first session alone. */
   runs: number;
 }
 
@@ -66,22 +66,23 @@ async function main(): Promise<void> {
   }).parse(process.env);
   const base = { intraOp: env.ORT_INTRA_OP_THREADS, allowSpinning: env.ORT_ALLOW_SPINNING };
   const count = modelInstances(env.MODEL_INSTANCES, 'cpu');
+  const layout = sessionLayout(base, count, 'cpu');
   const modelBytes = modelArg ? new Uint8Array(readFileSync(modelArg)) : await tinyModelBytes();
-  const instances = await Promise.all(
-    Array.from({ length: count }, (_, i) =>
-      startInstance({ modelBytes, threads: instanceThreads(base, count, i) }),
-    ),
+  const sessions = await Promise.all(
+    layout.threads.map((threads) => startInstance({ modelBytes, threads })),
   );
-  const threadsText = Array.from({ length: count }, (_, i) => {
-    const t = instanceThreads(base, count, i).intraOp;
-    return t === 0 ? 'default' : String(t);
-  }).join(' + ');
+  const sideBySide = layout.solo ? sessions.slice(1) : sessions;
+  const threadsOf = (t: SessionThreads) => (t.intraOp === 0 ? 'default' : String(t.intraOp));
+  const [first, ...rest] = layout.threads.map(threadsOf);
+  const threadsText = layout.solo
+    ? `a solo session of ${first} and ${rest.length} side by side of ${rest.join(' + ')}`
+    : [first, ...rest].join(' + ');
   const result: ModelAloneResult = {
     sessionOptions: `cpu, graph optimisation all, ${count} instance${count > 1 ? 's' : ''} (intra-op threads ${threadsText}), spinning ${env.ORT_ALLOW_SPINNING ? 'on' : 'off'}`,
     batches: [],
   };
   for (const b of batchSizes) {
-    const phase = async (running: typeof instances) => {
+    const phase = async (running: typeof sessions) => {
       const cpu0 = process.cpuUsage();
       const t0 = performance.now();
       const times = await Promise.all(
@@ -96,8 +97,8 @@ async function main(): Promise<void> {
         cpuMsPerImage: round((cpu.user + cpu.system) / 1000 / (runs * b)),
       };
     };
-    const alone = await phase(instances.slice(0, 1));
-    const all = count > 1 ? await phase(instances) : alone;
+    const alone = await phase(sessions.slice(0, 1));
+    const all = sessions.length > 1 ? await phase(sideBySide) : alone;
     const entry: ModelAlone = {
       batchSize: b,
       imagesPerSecond: all.imagesPerSecond,

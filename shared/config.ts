@@ -89,8 +89,9 @@ export const EnvSchema = z.object({
   /** Let onnxruntime's idle threads spin for the next run (keeps cores busy). */
   ORT_ALLOW_SPINNING: z.stringbool().default(false),
   /**
-   * onnxruntime sessions per model that run batches at the same time; 0: two on a CPU with at
-   * least 2 cores, else one (see modelInstances).
+   * onnxruntime sessions per model that run batches side by side; 0: two on a CPU with at least
+   * 2 cores, else one (see modelInstances). On the CPU a solo session with every core joins
+   * them for a batch that finds the model idle (services/infer/model.ts, sessionLayout).
    */
   MODEL_INSTANCES: int(0, 0, 16),
   REQUEST_TIMEOUT_MS: int(30_000, 100, 3_600_000),
@@ -412,11 +413,12 @@ export function loadConfigOrExit(): Config {
 }
 
 /**
- * Sessions per model that run batches at the same time (Triton's instance count): `configured`
+ * Sessions per model that run batches side by side (Triton's instance count): `configured`
  * when above 0; else 2 on the CPU when the machine has at least 2 cores, and 1 on CUDA or
  * TensorRT (a GPU keeps itself busy with one batch at a time, and each session holds its own
  * copy of the weights in GPU memory). On 2 cores, yolov8n ran 33 images/s in one session of 2
- * threads and 37 in two (services/infer/model.ts, instanceThreads).
+ * threads and 37 in two (services/infer/model.ts, sessionLayout, which also adds the CPU's
+ * solo session).
  *
  * @param cores the machine's cores (default: availableParallelism())
  */

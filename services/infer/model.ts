@@ -48,30 +48,48 @@ export interface ModelOptions {
   layout?: ModelLayout | undefined;
   /** Overrides of the layout's usual preprocessing (shared/model-layout.ts). */
   preprocessing?: Partial<Preprocessing> | undefined;
-  /** onnxruntime's thread pool of the first instance; default: a thread per core, no spinning. */
+  /** onnxruntime's thread pool of a session alone; default: a thread per core, no spinning. */
   threads?: SessionThreads | undefined;
-  /** Sessions that run batches at the same time (instanceThreads); default 1. */
+  /** Sessions that run batches side by side (sessionLayout); default 1. */
   instances?: number | undefined;
 }
 
 /**
- * The thread pool of instance `index` (0-based) of `instances`: the first gets `base`, so a
- * batch that runs alone (light load) has every core; each further one gets
- * max(1, threads ÷ instances), where threads is `base.intraOp` or, at 0, the cores. Under load
- * the instances run side by side on the cores: on 2 cores, yolov8n at 640 ran 33 images/s with
- * one session of 2 threads, 37 with sessions of 2 and 1 threads, 39 with two of 1 thread (one
- * image per run, model alone), since an operator split over threads leaves them waiting for
- * each other.
+ * The onnxruntime sessions of one model and their thread pools, for `instances` sessions that
+ * run batches side by side (MODEL_INSTANCES).
+ *
+ * - One instance: one session with `base` (every core by default).
+ * - Several on the CPU: each side-by-side session gets max(1, threads ÷ instances) threads
+ *   (threads = `base.intraOp`, or the cores at 0), and one more session, the solo session, gets
+ *   `base`: it takes a batch only when no other batch is running (OnnxModel.run), so a request
+ *   alone has every core while a loaded model runs single-threaded sessions that never wait for
+ *   each other. It is left out when it would have no more threads than the others. On 2 cores,
+ *   yolov8n at 640 through the pipeline at 8 clients: sessions of 1 and 1 thread ran 28.9
+ *   images/s against 27.0 for sessions of 2 and 1, at 6.6 % less CPU per image (medians of three
+ *   A/B pairs, bench/results/ab/); a request alone still runs on 2 threads (about 27 ms instead
+ *   of 50 on one).
+ * - Several on CUDA or TensorRT: the first gets `base`, the others max(1, threads ÷ instances)
+ *   (the threads matter little there); no solo session.
+ *
+ * @returns `threads` per session in order, the solo session first when `solo`
  */
-export function instanceThreads(
+export function sessionLayout(
   base: SessionThreads,
   instances: number,
-  index: number,
+  provider: ExecutionProvider,
   cores = availableParallelism(),
-): SessionThreads {
-  if (index === 0) return base;
-  const threads = base.intraOp > 0 ? base.intraOp : cores;
-  return { ...base, intraOp: Math.max(1, Math.floor(threads / instances)) };
+): { threads: SessionThreads[]; solo: boolean } {
+  const count = Math.max(1, instances);
+  if (count === 1) return { threads: [base], solo: false };
+  const all = base.intraOp > 0 ? base.intraOp : cores;
+  const shared: SessionThreads = { ...base, intraOp: Math.max(1, Math.floor(all / count)) };
+  if (provider === 'cpu' && all > shared.intraOp) {
+    return { threads: [base, ...Array.from({ length: count }, () => shared)], solo: true };
+  }
+  return {
+    threads: [base, ...Array.from({ length: count - 1 }, () => shared)],
+    solo: false,
+  };
 }
 
 /** One image of a batch: its resized pixels and where they sit in the model input. */
@@ -109,6 +127,8 @@ export class OnnxModel {
 
   private constructor(
     private readonly threads: Worker[],
+    /** Whether `threads[0]` is the solo session (sessionLayout). */
+    private readonly solo: boolean,
     readonly description: ModelDescription,
     /** The model's own batch size when its batch dimension is fixed; null when dynamic. */
     readonly fixedBatch: number | null,
@@ -130,15 +150,18 @@ export class OnnxModel {
   static async load(opts: ModelOptions): Promise<OnnxModel> {
     const bytes = opts.modelPath ? await readModelFile(opts.modelPath) : buildTinyDetector();
     const metadata = safeMetadata(bytes);
-    const instances = Math.max(1, opts.instances ?? 1);
-    const initOf = (index: number): SessionInit => ({
-      // Each thread gets its own copy (the first takes the file's buffer).
+    const layout = sessionLayout(
+      opts.threads ?? DEFAULT_THREADS,
+      opts.instances ?? 1,
+      opts.executionProvider,
+    );
+    // Made before the first thread takes `bytes`; each thread gets its own copy (the first
+    // takes the file's buffer).
+    const inits = layout.threads.map((threads, index): SessionInit => ({
       modelBytes: index === 0 ? bytes : bytes.slice(),
       executionProvider: opts.executionProvider,
-      threads: instanceThreads(opts.threads ?? DEFAULT_THREADS, instances, index),
-    });
-    // Made before the first thread takes `bytes`.
-    const inits = Array.from({ length: instances }, (_, i) => initOf(i));
+      threads,
+    }));
     const thread = startThread(inits[0]!, [bytes.buffer as ArrayBuffer]);
     const info = await waitReady(thread, opts);
 
@@ -214,14 +237,20 @@ export class OnnxModel {
       preprocessing,
       recommended_confidence: parseRecommendedConfidence(metadata),
     };
-    return new OnnxModel(threads, description, fixedBatch, info.loadMs + warmupMs, detected.source);
+    return new OnnxModel(
+      threads,
+      layout.solo,
+      description,
+      fixedBatch,
+      info.loadMs + warmupMs,
+      detected.source,
+    );
   }
 
   /**
    * Runs `images` as one batch: each its resized RGB pixels (`placement.height` ×
    * `placement.width` × 3 bytes, as `pre` stores them) and where they sit in the model input;
-   * the session thread adds the letterbox padding. It runs on the first idle instance (the
-   * first instance has the most threads), or, when all are busy, queues on the least busy.
+   * the session thread adds the letterbox padding. It runs on the session pickSession names.
    *
    * @throws RangeError when an image's byte length does not match its placement
    */
@@ -238,7 +267,7 @@ export class OnnxModel {
       offset += bytes;
     });
     const batchId = this.nextBatchId++;
-    const instance = this.inFlight.indexOf(Math.min(...this.inFlight));
+    const instance = pickSession(this.inFlight, this.solo);
     return new Promise<BatchOutput>((resolve, reject) => {
       if (this.closing) return reject(new Error('the model is closed'));
       this.pending.set(batchId, { resolve, reject, instance });
@@ -279,6 +308,21 @@ export class OnnxModel {
     this.pending.clear();
     this.inFlight.fill(0);
   }
+}
+
+/**
+ * The session a batch runs on, given the batches each session has in flight: with a solo
+ * session (index 0, sessionLayout), the solo session when nothing runs, else an idle one of the
+ * others, else the least busy of them; without, the first idle session (the first has the most
+ * threads), else the least busy. Ties go to the lowest index.
+ */
+export function pickSession(inFlight: readonly number[], solo: boolean): number {
+  if (solo) {
+    if (inFlight.every((n) => n === 0)) return 0;
+    const others = inFlight.slice(1);
+    return 1 + others.indexOf(Math.min(...others));
+  }
+  return inFlight.indexOf(Math.min(...inFlight));
 }
 
 function startThread(init: SessionInit, transferList: ArrayBuffer[]): Worker {
