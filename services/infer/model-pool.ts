@@ -18,7 +18,7 @@ export interface PoolOptions {
   executionProvider: ExecutionProvider;
   cacheDir: string;
   threads: SessionThreads;
-  /** Sessions per model that run batches at the same time (model.ts, instanceThreads). */
+  /** Sessions per model that run batches side by side (model.ts, sessionLayout). */
   instances: number;
   log: Logger;
   /** Called whenever a model is loaded or unloaded, with its new description. */
