@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
+import { redisTarget } from '../../shared/redis.js';
 import { installLifecycle } from '../../shared/lifecycle.js';
 import { createLogger } from '../../shared/logger.js';
 import {
@@ -107,7 +108,7 @@ async function main(): Promise<void> {
     REDIS_URL: rolesRedisUrl ?? redisUrl,
     SUPERVISOR_PID: String(process.pid),
   };
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  const redis = new Redis(redisTarget(redisUrl), { maxRetriesPerRequest: 1 });
   redis.on('error', () => {}); // Startup waits through a Redis that comes and goes.
   try {
     await startRole('infer', 1, env, redis, 120_000);

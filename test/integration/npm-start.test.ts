@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { Redis } from 'ioredis';
-import { freePort, startRedisServer } from '../../services/supervisor/processes.js';
+import { freePort, redisSocketUrl, startRedisServer } from '../../services/supervisor/processes.js';
 import { Supervised } from '../../shared/supervised.js';
 import { createLogger } from '../../shared/logger.js';
 import { startEndlessDownload } from '../helpers/image-server.js';
@@ -167,12 +170,21 @@ describe('npm start, stopped and broken from outside', () => {
   });
 
   test('a stack whose external Redis is gone stops within one drain timeout', async (t) => {
-    const redis = await startRedisServer();
+    // The external Redis is given as a Unix socket (REDIS_URL unix:///…): the roles use it.
+    const socketDir = mkdtempSync(join(tmpdir(), 'npm-start-test-'));
+    const socket = join(socketDir, 'redis.sock');
+    const redis = await startRedisServer('ignore', undefined, undefined, socket);
     const port = await freePort();
-    const run = npmStart({ PORT: String(port), REDIS_URL: redis.url });
+    const run = npmStart({ PORT: String(port), REDIS_URL: redisSocketUrl(socket) });
     let pids: number[] = [];
     try {
       pids = (await started(run, port, redis.url)).pids.filter((p) => p !== redis.process.pid);
+      const admin = new Redis(redis.url);
+      const clients = ((await admin.client('LIST')) as string).trim().split('\n');
+      admin.disconnect();
+      const roleClients = clients.filter((c) => /name=(gateway|pre|infer|post)/.test(c));
+      assert.ok(roleClients.length >= 8, clients.join('\n'));
+      for (const c of roleClients) assert.match(c, new RegExp(`laddr=${socket}`), c);
       redis.process.kill('SIGKILL');
       await once(redis.process, 'exit');
       await sleep(1000);
@@ -187,6 +199,7 @@ describe('npm start, stopped and broken from outside', () => {
       run.child.kill('SIGKILL');
       killAll(pids);
       redis.process.kill('SIGKILL');
+      rmSync(socketDir, { recursive: true, force: true });
     }
   });
 
