@@ -21,6 +21,20 @@ const int = (def: number, min = 0, max = Number.MAX_SAFE_INTEGER) =>
 const URL_CONNECT_TIMEOUT_MS = 5000;
 const URL_MAX_REDIRECTS = 3;
 
+/**
+ * What is wrong with the query of a `unix:///path?…` REDIS_URL, or undefined: ioredis reads its
+ * parameters as connection options, so only the database number (digits) and the credentials
+ * are accepted (`?db=abc` would make the first SELECT fail at runtime instead of here).
+ */
+function unixQueryProblem(url: string): string | undefined {
+  for (const [key, value] of new URL(url).searchParams) {
+    if (key === 'db' && /^\d+$/.test(value)) continue;
+    if (key === 'username' || key === 'password') continue;
+    return key;
+  }
+  return undefined;
+}
+
 /** The environment variables, each with its default and range (see the README's table). */
 export const EnvSchema = z.object({
   /**
@@ -35,6 +49,9 @@ export const EnvSchema = z.object({
     })
     .refine((url) => !url.startsWith('unix:') || /^unix:\/\/\/./.test(url), {
       error: 'a unix:// URL names an absolute socket path: unix:///path/to/redis.sock',
+    })
+    .refine((url) => !url.startsWith('unix:') || unixQueryProblem(url) === undefined, {
+      error: 'a unix:// URL takes only ?db=<number>, ?username= and ?password=',
     })
     .default('redis://127.0.0.1:6379'),
   /** Prefix of every Redis key and BullMQ queue, so several stacks can share one Redis. */

@@ -92,6 +92,7 @@ export class ModelPool {
             input: [model.description.input_width, model.description.input_height],
             provider: model.description.execution_provider,
             batch: model.fixedBatch ?? 'dynamic',
+            sessions: model.sessions,
             loadMs: Math.round(model.loadMs),
             state: keep ? (spec.pinned ? 'pinned' : 'pre-warmed') : 'unloaded until used',
           },

@@ -125,10 +125,17 @@ export class OnnxModel {
   private readonly inFlight: number[];
   private closing: Promise<void> | undefined;
 
+  /**
+   * The sessions and their onnxruntime intra-op threads (0: one per core), for the logs: e.g.
+   * `solo 0, side by side 1 + 1`, or `0` for one session.
+   */
+  readonly sessions: string;
+
   private constructor(
     private readonly threads: Worker[],
     /** Whether `threads[0]` is the solo session (sessionLayout). */
     private readonly solo: boolean,
+    sessionThreads: readonly SessionThreads[],
     readonly description: ModelDescription,
     /** The model's own batch size when its batch dimension is fixed; null when dynamic. */
     readonly fixedBatch: number | null,
@@ -138,6 +145,10 @@ export class OnnxModel {
     readonly layoutSource: DetectedLayout['source'],
   ) {
     this.inFlight = threads.map(() => 0);
+    const counts = sessionThreads.map((t) => String(t.intraOp));
+    this.sessions = solo
+      ? `solo ${counts[0]}, side by side ${counts.slice(1).join(' + ')}`
+      : counts.join(' + ');
     for (const thread of threads) {
       thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
       thread.on('error', (err: Error) => this.failAll(err));
@@ -240,6 +251,7 @@ export class OnnxModel {
     return new OnnxModel(
       threads,
       layout.solo,
+      layout.threads,
       description,
       fixedBatch,
       info.loadMs + warmupMs,

@@ -43,6 +43,12 @@ const SHUTDOWN_MARGIN_MS = 5000;
 
 const processes: Supervised[] = [];
 let redisProcess: Supervised | undefined;
+/**
+ * The longest Unix socket path redis-server takes: sockaddr_un holds 108 bytes on Linux (104 on
+ * macOS), the terminating zero included.
+ */
+const MAX_SOCKET_PATH_BYTES = 103;
+
 /** The directory of the private redis-server's Unix socket, removed once it stopped. */
 let socketDir: string | undefined;
 
@@ -87,7 +93,16 @@ async function main(): Promise<void> {
     // (a third less CPU per command than loopback TCP, shared/redis.ts); its loopback port
     // stays open for redis-cli and tools.
     socketDir = mkdtempSync(join(tmpdir(), 'staged-detect-'));
-    const socket = join(socketDir, 'redis.sock');
+    let socket: string | undefined = join(socketDir, 'redis.sock');
+    if (Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES) {
+      log.warn(
+        { socket, tmpdir: tmpdir() },
+        'the temporary directory is too long a path for a Unix socket; the roles use TCP',
+      );
+      removeSocketDir();
+      socketDir = undefined;
+      socket = undefined;
+    }
     const redis = await startRedisServer('ignore', undefined, undefined, socket);
     const port = Number(new URL(redis.url).port);
     redisProcess = new Supervised({
@@ -98,7 +113,7 @@ async function main(): Promise<void> {
       onGiveUp: giveUp,
     });
     redisUrl = redis.url;
-    rolesRedisUrl = redisSocketUrl(socket);
+    if (socket) rolesRedisUrl = redisSocketUrl(socket);
     log.info({ redisUrl, socket }, 'private redis-server started');
   }
   await checkPortFree(config.gateway.host, config.gateway.port);

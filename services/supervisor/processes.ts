@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 export { stopProcess } from '../../shared/supervised.js';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
-import { extname } from 'node:path';
+import { delimiter, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { redisTarget } from '../../shared/redis.js';
@@ -82,7 +82,8 @@ export class RedisServerError extends Error {
 
 /**
  * Spawns a redis-server on loopback `port` with persistence off and the `noeviction` policy,
- * without waiting for it; see startRedisServer.
+ * without waiting for it; see startRedisServer. On Linux with util-linux's `setpriv` it gets
+ * SIGTERM when this process dies, however it dies.
  *
  * @param password a password the server requires
  * @param unixSocket a Unix socket path it listens on too (mode 700: this user only)
@@ -93,24 +94,37 @@ export function spawnRedisServer(
   password?: string,
   unixSocket?: string,
 ): ChildProcess {
-  return spawn(
-    'redis-server',
-    [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-      '--maxmemory-policy',
-      'noeviction',
-      ...(password ? ['--requirepass', password] : []),
-      ...(unixSocket ? ['--unixsocket', unixSocket, '--unixsocketperm', '700'] : []),
-    ],
-    { stdio },
-  );
+  const args = [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--maxmemory-policy',
+    'noeviction',
+    ...(password ? ['--requirepass', password] : []),
+    ...(unixSocket ? ['--unixsocket', unixSocket, '--unixsocketperm', '700'] : []),
+  ];
+  // A private server must not outlive the process that started it, even one killed with
+  // SIGKILL (which runs no cleanup): util-linux's setpriv, where there is one, asks the kernel
+  // for a SIGTERM to redis-server when this process dies (PR_SET_PDEATHSIG, kept across exec).
+  // Only with redis-server on the PATH, so that a missing one is still reported as such.
+  return SETPRIV && onPath('redis-server')
+    ? spawn(SETPRIV, ['--pdeathsig', 'TERM', 'redis-server', ...args], { stdio })
+    : spawn('redis-server', args, { stdio });
+}
+
+/** util-linux's setpriv (Linux), if installed. */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+
+/** Whether an executable named `name` is in one of the PATH's directories. */
+function onPath(name: string): boolean {
+  return (process.env['PATH'] ?? '')
+    .split(delimiter)
+    .some((dir) => dir !== '' && existsSync(join(dir, name)));
 }
 
 /** The REDIS_URL of a Unix socket (shared/redis.ts, redisTarget). */

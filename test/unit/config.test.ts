@@ -79,6 +79,12 @@ describe('configuration', () => {
       );
     for (const url of ['unix://host/redis.sock', 'unix:redis.sock'])
       assert.throws(() => loadConfig({ REDIS_URL: url }), /REDIS_URL: a unix:\/\/ URL names/);
+    assert.equal(
+      loadConfig({ REDIS_URL: 'unix:///r.sock?db=2&password=pw' }).redis.url,
+      'unix:///r.sock?db=2&password=pw',
+    );
+    for (const url of ['unix:///r.sock?db=abc', 'unix:///r.sock?family=6'])
+      assert.throws(() => loadConfig({ REDIS_URL: url }), /REDIS_URL: a unix:\/\/ URL takes only/);
   });
 
   test('redisTarget gives ioredis the socket path of a unix:// URL, other URLs as they are', () => {

@@ -69,6 +69,7 @@ describe('OnnxModel with two instances on the CPU', () => {
       threads: { intraOp: 2, allowSpinning: false },
     });
     try {
+      assert.equal(model.sessions, 'solo 2, side by side 1 + 1');
       const { input_width: width, input_height: height } = model.description;
       const pixels = new Uint8Array(width * height * 3).fill(114);
       const batch = () =>
