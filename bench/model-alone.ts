@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { EnvSchema, modelInstances } from '../shared/config.js';
-import { sessionLayout } from '../services/infer/model.js';
+import { describeSessions, sessionLayout } from '../services/infer/model.js';
 import type { SessionThreads } from '../services/infer/session-protocol.js';
 import { round } from './proc-stats.js';
 
@@ -72,11 +72,7 @@ async function main(): Promise<void> {
     layout.threads.map((threads) => startInstance({ modelBytes, threads })),
   );
   const sideBySide = layout.solo ? sessions.slice(1) : sessions;
-  const threadsOf = (t: SessionThreads) => (t.intraOp === 0 ? 'default' : String(t.intraOp));
-  const [first, ...rest] = layout.threads.map(threadsOf);
-  const threadsText = layout.solo
-    ? `a solo session of ${first} and ${rest.length} side by side of ${rest.join(' + ')}`
-    : [first, ...rest].join(' + ');
+  const threadsText = describeSessions(layout);
   const result: ModelAloneResult = {
     sessionOptions: `cpu, graph optimisation all, ${count} instance${count > 1 ? 's' : ''} (intra-op threads ${threadsText}), spinning ${env.ORT_ALLOW_SPINNING ? 'on' : 'off'}`,
     batches: [],

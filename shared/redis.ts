@@ -23,6 +23,11 @@ export function redisTarget(url: string): string {
   return url.startsWith('unix://') ? url.slice('unix://'.length) : url;
 }
 
+/** The REDIS_URL of the Unix socket at absolute `path` (the form redisTarget reads). */
+export function redisSocketUrl(path: string): string {
+  return `unix://${path}`;
+}
+
 /**
  * A connection to `url` (a REDIS_URL, see redisTarget), named `name` in Redis's CLIENT LIST.
  *

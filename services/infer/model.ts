@@ -92,6 +92,18 @@ export function sessionLayout(
   };
 }
 
+/**
+ * A session layout in words, for logs and the bench: each session's onnxruntime intra-op
+ * threads (`default` for onnxruntime's one per core), e.g. `solo default, side by side 1 + 1`,
+ * or `default` for one session.
+ */
+export function describeSessions(layout: { threads: SessionThreads[]; solo: boolean }): string {
+  const counts = layout.threads.map((t) => (t.intraOp === 0 ? 'default' : String(t.intraOp)));
+  return layout.solo
+    ? `solo ${counts[0]}, side by side ${counts.slice(1).join(' + ')}`
+    : counts.join(' + ');
+}
+
 /** One image of a batch: its resized pixels and where they sit in the model input. */
 export interface PlacedImage {
   /** `placement.height` × `placement.width` × 3 bytes, RGB, row-major. */
@@ -125,17 +137,14 @@ export class OnnxModel {
   private readonly inFlight: number[];
   private closing: Promise<void> | undefined;
 
-  /**
-   * The sessions and their onnxruntime intra-op threads (0: one per core), for the logs: e.g.
-   * `solo 0, side by side 1 + 1`, or `0` for one session.
-   */
+  /** The sessions and their threads, for the logs (describeSessions). */
   readonly sessions: string;
 
   private constructor(
     private readonly threads: Worker[],
     /** Whether `threads[0]` is the solo session (sessionLayout). */
     private readonly solo: boolean,
-    sessionThreads: readonly SessionThreads[],
+    sessionThreads: SessionThreads[],
     readonly description: ModelDescription,
     /** The model's own batch size when its batch dimension is fixed; null when dynamic. */
     readonly fixedBatch: number | null,
@@ -145,10 +154,7 @@ export class OnnxModel {
     readonly layoutSource: DetectedLayout['source'],
   ) {
     this.inFlight = threads.map(() => 0);
-    const counts = sessionThreads.map((t) => String(t.intraOp));
-    this.sessions = solo
-      ? `solo ${counts[0]}, side by side ${counts.slice(1).join(' + ')}`
-      : counts.join(' + ');
+    this.sessions = describeSessions({ threads: sessionThreads, solo });
     for (const thread of threads) {
       thread.on('message', (msg: ThreadMessage) => this.onMessage(msg));
       thread.on('error', (err: Error) => this.failAll(err));

@@ -7,11 +7,10 @@ import { Redis } from 'ioredis';
 import { loadConfigOrExit, type Config } from '../../shared/config.js';
 import { listAlive } from '../../shared/heartbeat.js';
 import { Keys } from '../../shared/keys.js';
-import { redisTarget } from '../../shared/redis.js';
+import { redisSocketUrl, redisTarget } from '../../shared/redis.js';
 import { installLifecycle } from '../../shared/lifecycle.js';
 import { createLogger } from '../../shared/logger.js';
 import {
-  redisSocketUrl,
   spawnRedisServer,
   spawnRole,
   startRedisServer,
@@ -51,6 +50,26 @@ const MAX_SOCKET_PATH_BYTES = 103;
 
 /** The directory of the private redis-server's Unix socket, removed once it stopped. */
 let socketDir: string | undefined;
+
+/**
+ * The private redis-server's socket, `redis.sock` in a new directory of this user's under the
+ * temporary directory (socketDir); undefined, with a warning, when that path would be too long
+ * for a Unix socket (the roles then use TCP).
+ */
+function privateSocketPath(): string | undefined {
+  const name = 'redis.sock';
+  // mkdtemp adds 6 characters to the prefix.
+  const prefix = join(tmpdir(), 'staged-detect-');
+  if (Buffer.byteLength(join(`${prefix}XXXXXX`, name)) > MAX_SOCKET_PATH_BYTES) {
+    log.warn(
+      { tmpdir: tmpdir() },
+      'the temporary directory is too long a path for a Unix socket; the roles use TCP',
+    );
+    return undefined;
+  }
+  socketDir = mkdtempSync(prefix);
+  return join(socketDir, name);
+}
 
 function removeSocketDir(): void {
   if (socketDir) rmSync(socketDir, { recursive: true, force: true });
@@ -92,17 +111,7 @@ async function main(): Promise<void> {
     // The roles reach the private server over a Unix socket in a directory of this user's
     // (a third less CPU per command than loopback TCP, shared/redis.ts); its loopback port
     // stays open for redis-cli and tools.
-    socketDir = mkdtempSync(join(tmpdir(), 'staged-detect-'));
-    let socket: string | undefined = join(socketDir, 'redis.sock');
-    if (Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES) {
-      log.warn(
-        { socket, tmpdir: tmpdir() },
-        'the temporary directory is too long a path for a Unix socket; the roles use TCP',
-      );
-      removeSocketDir();
-      socketDir = undefined;
-      socket = undefined;
-    }
+    const socket = privateSocketPath();
     const redis = await startRedisServer('ignore', undefined, undefined, socket);
     const port = Number(new URL(redis.url).port);
     redisProcess = new Supervised({

@@ -127,11 +127,6 @@ function onPath(name: string): boolean {
     .some((dir) => dir !== '' && existsSync(join(dir, name)));
 }
 
-/** The REDIS_URL of a Unix socket (shared/redis.ts, redisTarget). */
-export function redisSocketUrl(path: string): string {
-  return `unix://${path}`;
-}
-
 /** The URL of a private redis-server on loopback `port`. */
 export function redisServerUrl(port: number, password?: string): string {
   return `redis://${password ? `:${encodeURIComponent(password)}@` : ''}127.0.0.1:${port}`;

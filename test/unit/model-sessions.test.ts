@@ -1,6 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { OnnxModel, pickSession, sessionLayout } from '../../services/infer/model.js';
+import {
+  describeSessions,
+  OnnxModel,
+  pickSession,
+  sessionLayout,
+} from '../../services/infer/model.js';
 
 const base = { intraOp: 0, allowSpinning: false };
 
@@ -70,6 +75,7 @@ describe('OnnxModel with two instances on the CPU', () => {
     });
     try {
       assert.equal(model.sessions, 'solo 2, side by side 1 + 1');
+      assert.equal(describeSessions({ threads: [base], solo: false }), 'default');
       const { input_width: width, input_height: height } = model.description;
       const pixels = new Uint8Array(width * height * 3).fill(114);
       const batch = () =>
