@@ -34,16 +34,27 @@ async function activeJobs(s: Stack, queue: string): Promise<number> {
   return suite.redis.client.llen(`${s.prefix}:${queue}:active`);
 }
 
-/** Sends the requests, kills the role's process once it holds jobs, starts a replacement. */
+/**
+ * Sends the requests, kills the role's process once it holds jobs, starts a replacement. The
+ * process is stopped (SIGSTOP) when its queue shows an active job, and killed only if the job
+ * is still active once a command it may have sent just before has had time to reach Redis:
+ * otherwise it had just finished its last job, and it goes on (SIGCONT) until it holds another.
+ */
 async function killDuringLoad(s: Stack, role: Role, bodies: unknown[]) {
   const victim = s.roles.find(
     (r) => r.role === role && r.process.exitCode === null && r.process.signalCode === null,
   )!;
   const pending = bodies.map((b) => postJson(s, '/infer/object_detection', b));
   const end = Date.now() + 20_000;
-  while ((await activeJobs(s, role)) === 0) {
-    assert.ok(Date.now() < end, `the ${role} stage never held a job`);
-    await new Promise((r) => setTimeout(r, 5));
+  for (;;) {
+    while ((await activeJobs(s, role)) === 0) {
+      assert.ok(Date.now() < end, `the ${role} stage never held a job`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    victim.process.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 50));
+    if ((await activeJobs(s, role)) > 0) break;
+    victim.process.kill('SIGCONT');
   }
   victim.process.kill('SIGKILL');
   const replacement = s.add(role);
