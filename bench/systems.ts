@@ -1,9 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { freePort, stopProcess } from '../services/supervisor/processes.js';
+import { freePort, freePorts, stopProcess } from '../services/supervisor/processes.js';
 import { commandLine, descendants } from './proc-stats.js';
 import type { Workload } from './workloads.js';
 
@@ -133,7 +132,7 @@ export async function startPipeline(wl: Workload, opts: PipelineOptions): Promis
   // The supervisor gives the workers consecutive metrics ports from METRICS_PORT: keep room
   // for as many as it may start (its defaults are below one per core each).
   const most = (v: string | undefined) => (v ? Number(v) : cpus().length);
-  const metricsBase = await freePortRange(
+  const metricsBase = await freePorts(
     1 + most(env['NUM_PRE_WORKERS']) + most(env['NUM_POST_WORKERS']),
   );
   env['METRICS_PORT'] = String(metricsBase);
@@ -195,28 +194,6 @@ export async function redisNetBytes(redis: Redis): Promise<RedisBytes> {
   const info = await redis.info('stats');
   const field = (name: string) => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? 0);
   return { input: field('total_net_input_bytes'), output: field('total_net_output_bytes') };
-}
-
-/**
- * The first of `count` consecutive free ports, below the ephemeral range (32768 and up on
- * Linux), where client sockets of the load itself could take one between the check and the
- * listen.
- */
-async function freePortRange(count: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 10_000);
-    const ports = Array.from({ length: count }, (_, i) => base + i);
-    if ((await Promise.all(ports.map(canListen))).every(Boolean)) return base;
-  }
-  throw new Error(`no ${count} consecutive free ports between 20000 and 30000`);
-}
-
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
 }
 
 /** `K=V,K=V` as an environment (values cannot contain commas); {} for undefined. */

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 export { stopProcess } from '../../shared/supervised.js';
-import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { delimiter, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,16 +62,53 @@ export function allocatorEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return { MALLOC_ARENA_MAX: env['MALLOC_ARENA_MAX'] ?? '2' };
 }
 
-/** A TCP port that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  if (address === null || typeof address === 'string')
-    throw new Error('could not find a free port');
-  return address.port;
+/**
+ * The first of `count` consecutive loopback TCP ports that were all free a moment ago, chosen
+ * at random below the system's ephemeral port range (Linux's
+ * `/proc/sys/net/ipv4/ip_local_port_range`, 32768–60999 by default: within the 10,000 ports
+ * under it; 20000–29999 where it cannot be read or starts too low). A port from `listen(0)`
+ * comes from the ephemeral range, where any client socket's `connect()` on this machine can
+ * take it between this check and the caller's own `listen` (EADDRINUSE).
+ *
+ * @param count how many consecutive ports (default 1)
+ * @returns the first port
+ * @throws Error when 50 random tries found no such run of ports
+ */
+export async function freePorts(count = 1): Promise<number> {
+  const [low, high] = portWindow();
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = low + Math.floor(Math.random() * (high - low - count + 1));
+    const ports = Array.from({ length: count }, (_, i) => base + i);
+    if ((await Promise.all(ports.map(canListen))).every(Boolean)) return base;
+  }
+  throw new Error(`no ${count} consecutive free ports between ${low} and ${high - 1}`);
+}
+
+/** A loopback TCP port that was free a moment ago, outside the ephemeral range (freePorts). */
+export function freePort(): Promise<number> {
+  return freePorts(1);
+}
+
+/** [first, end) of the ports freePorts chooses from. */
+function portWindow(): [number, number] {
+  try {
+    const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    if (low !== undefined && low > 11_024) return [low - 10_000, low];
+  } catch {
+    // Not Linux: the fallback below.
+  }
+  return [20_000, 30_000];
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
 }
 
 /** A private redis-server that could not be started (missing binary, exit, no answer). */
