@@ -1,4 +1,11 @@
-import { Queue, Worker, UnrecoverableError, type Job, type JobsOptions } from 'bullmq';
+import {
+  Queue,
+  Worker,
+  UnrecoverableError,
+  type Job,
+  type JobsOptions,
+  type WorkerOptions,
+} from 'bullmq';
 import type { Redis } from 'ioredis';
 import { asyncRequestOf, type AsyncRequests } from './async-requests.js';
 import {
@@ -194,6 +201,39 @@ export interface StageWorkerOptions<Q extends QueueName> {
 }
 
 /**
+ * The BullMQ worker options of every stage worker (createStageWorker), also for the bench's
+ * stand-ins (bench/floor.ts).
+ *
+ * @param connection the worker's dedicated blocking connection
+ * @param prefix the pipeline's key prefix
+ * @param concurrency jobs the worker runs at once
+ * @param lockDurationMs how long a job's lock lasts without renewal, ms (JOB_LOCK_MS); the
+ *   stalled-job check runs every half of it, at least every 500 ms
+ */
+export function stageWorkerOptions(
+  connection: Redis,
+  prefix: string,
+  concurrency: number,
+  lockDurationMs: number,
+): WorkerOptions {
+  return {
+    connection,
+    prefix,
+    concurrency,
+    // A dead worker's jobs are found by the stalled-job check of any live worker of the queue
+    // and put back once their lock expires; a job lost twice fails (and its request hears so).
+    lockDuration: lockDurationMs,
+    stalledInterval: Math.max(500, Math.floor(lockDurationMs / 2)),
+    maxStalledCount: 2,
+    // An idle worker's blocking wait (BZPOPMIN on the queue's marker, followed by a fetch
+    // attempt when it times out) lasts BullMQ's longest, 10 s, rather than 5: a new job
+    // wakes the worker at once whatever this is, so only the idle polling halves.
+    drainDelay: 10,
+    runRetryDelay: WORKER_RETRY_MS,
+  };
+}
+
+/**
  * A BullMQ worker for one stage. Around the stage's own processing it adds what every stage
  * needs: jobs past their deadline are dropped without doing their work; an input error fails
  * the job at once (no retry) and a transient one is retried; when a job fails for the last
@@ -275,21 +315,7 @@ export function createStageWorker<Q extends QueueName>(
         throw err;
       }
     },
-    {
-      connection: opts.connection,
-      prefix: keys.prefix,
-      concurrency: opts.concurrency,
-      // A dead worker's jobs are found by the stalled-job check of any live worker of the queue
-      // and put back once their lock expires; a job lost twice fails (and its request hears so).
-      lockDuration: opts.lockDurationMs,
-      stalledInterval: Math.max(500, Math.floor(opts.lockDurationMs / 2)),
-      maxStalledCount: 2,
-      // An idle worker's blocking wait (BZPOPMIN on the queue's marker, followed by a fetch
-      // attempt when it times out) lasts BullMQ's longest, 10 s, rather than 5: a new job
-      // wakes the worker at once whatever this is, so only the idle polling halves.
-      drainDelay: 10,
-      runRetryDelay: WORKER_RETRY_MS,
-    },
+    stageWorkerOptions(opts.connection, keys.prefix, opts.concurrency, opts.lockDurationMs),
   );
   // While Redis is unreachable every poll fails: the connection's own listener reports the
   // outage once (createRedis), so these go to debug then.
