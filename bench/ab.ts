@@ -95,6 +95,8 @@ interface AbRun {
   redisSentPerImage: number | null;
   redisScriptsPerImage: number | null;
   redisInScriptsPerImage: number | null;
+  /** CPU ms per answered image of each process of the pipeline (supervisor, Redis, each role). */
+  cpuMsPerImageByProcess: Record<string, number>;
 }
 
 const METRICS = [
@@ -175,6 +177,12 @@ async function main(): Promise<void> {
           redisSentPerImage: redis?.sentPerImage ?? null,
           redisScriptsPerImage: redis?.scriptsPerImage ?? null,
           redisInScriptsPerImage: redis?.inScriptsPerImage ?? null,
+          cpuMsPerImageByProcess: Object.fromEntries(
+            Object.entries(step.cpuCoresByProcess).map(([proc, cores]) => [
+              proc,
+              round((cores / step.imagesPerSecond) * 1000, 2),
+            ]),
+          ),
         });
       } finally {
         await sut.stop();
@@ -231,6 +239,17 @@ async function main(): Promise<void> {
     return a && b !== null ? round(b / a, 3) : null;
   };
   lines.push(fmt(['B/A', ...METRICS.map(ratio)]));
+  // A process's CPU moves less from run to run than the whole pipeline's: a change to one role
+  // shows here first.
+  lines.push('', 'CPU ms per image by process');
+  const processes = [...new Set(runs.flatMap((r) => Object.keys(r.cpuMsPerImageByProcess)))];
+  const byProcess = (rs: AbRun[]) =>
+    processes
+      .map((p) => `${p} ${median(rs.flatMap((r) => r.cpuMsPerImageByProcess[p] ?? []))}`)
+      .join(', ');
+  runs.forEach((r, i) => lines.push(`  ${r.side}${Math.floor(i / 2) + 1}: ${byProcess([r])}`));
+  for (const s of sides)
+    lines.push(`  med ${s.label}: ${byProcess(runs.filter((r) => r.side === s.label))}`);
   const report = `${lines.join('\n')}\n`;
   mkdirSync(outDir, { recursive: true });
   writeFileSync(

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { connect, type NetConnectOpts, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +12,7 @@ import type { Redis } from 'ioredis';
 import { QueueName } from '../shared/contracts.js';
 import { EnvSchema } from '../shared/config.js';
 import { createQueue, stageWorkerOptions } from '../shared/queues.js';
-import { createRedis, redisSocketUrl } from '../shared/redis.js';
+import { createRedis, redisSocketUrl, redisTarget } from '../shared/redis.js';
 import { startRedisServer } from '../services/supervisor/processes.js';
 import type { LimitResult } from './limit.js';
 import { runLoad, type LoadStep } from './load.js';
@@ -20,9 +21,10 @@ import { CpuMeter, round } from './proc-stats.js';
 import { jsonBodies, loadImages } from './workloads.js';
 
 /**
- * `npm run bench:floor`: the orchestration floor of the staged design, the least CPU per image
- * that its hand-offs cost on this machine, whatever implements them; and the bound that puts on
- * issue 14's orchestration ceiling (pipeline / in-process limit with the null model).
+ * `npm run bench:floor`: what the staged design's hand-offs cost per image on this machine when
+ * the stages do no work, with three ways of making them; and the orchestration ceiling
+ * (pipeline / in-process limit with the null model) a pipeline would reach if it added only that
+ * to the limit's work.
  *
  * Five real processes, as `npm start` runs them: a private redis-server reached over a Unix
  * socket, and four stand-ins for the roles that do none of their work and none of BullMQ's
@@ -30,25 +32,29 @@ import { jsonBodies, loadImages } from './workloads.js';
  *  - gateway: node:http (not fastify) reads the JSON body and decodes its base64 image, then
  *    `LPUSH`es the id and the image as one list element; a result list read with `BLMPOP`
  *    answers the request;
- *  - pre, infer, post: each `BLMOVE`s an element onto a processing list of its own (the least a
+ *  - pre, infer, post: each `BLMOVE`s an element onto a processing list of its own (what a
  *    hand-off that survives a killed worker needs), then pushes the next element and empties the
- *    processing list in one pipeline (listLoop): `pre` sends 640×480 RGB pixels (the size the
- *    null workload's letterbox sends on), `infer` a 16-byte candidate list, `post` a
- *    Roboflow-shaped empty response to the gateway's result list.
- * With `--queues bullmq` (the default runs both) the ids travel as BullMQ jobs instead, with
- * the pipeline's queue and worker options (shared/queues.ts: retries, locks, stalled-job checks;
- * no deadlines, payload schemas, metrics or logs) and each value under a key of its own
- * (`SET` with the next job's add, `GET`, `DEL`), as the pipeline stores them: what the
- * pipeline's transport costs.
+ *    processing list in one write (listLoop): `pre` sends 640×480 RGB pixels (the size the null
+ *    workload's letterbox sends on), `infer` a 16-byte candidate list, `post` a Roboflow-shaped
+ *    empty response to the gateway's result list.
+ * The transports (`--queues`, default all three):
+ *  - `lists`: the stages talk to Redis through ioredis, as the pipeline's roles do;
+ *  - `raw`: the same commands through a minimal client (RawClient) that neither copies a value
+ *    into a command buffer nor allocates per read: what the hand-offs cost without a client
+ *    library's allocations;
+ *  - `bullmq`: the ids travel as BullMQ jobs with the pipeline's queue and worker options
+ *    (shared/queues.ts), each value under a key of its own (`SET` with the next job's add,
+ *    `GET`, `DEL`), as the pipeline stores them: what the pipeline's transport costs.
  * autocannon sends the null workload's bodies (the COCO128 JPEGs at 160 px, bench/workloads.ts)
- * at each concurrency. Every implementation of the design does at least this per image, so its
- * CPU per image is a floor; the in-process limit of the same workload (limit.ts) runs after it.
+ * at each concurrency; the in-process limit of the same workload (limit.ts) runs after them.
  *
- * The ceiling can be at most limit / (limit + floor) in CPU per image (the pipeline does the
- * limit's work and the hand-offs on the same cores), and at most the requests/s the pipeline's
- * hand-offs alone allow with the load generator on the machine, as the bench's pipeline runs.
+ * The ceiling printed per transport is limit / (limit + hand-offs) in CPU per image: a pipeline
+ * doing the limit's work plus these hand-offs on the same cores. It is an estimate, not a bound:
+ * the limit keeps fewer than all cores busy (about 1.87 of 2 here), which a pipeline may not,
+ * and the load generator (printed) takes CPU from the pipeline only.
  *
  * Usage: tsx bench/floor.ts [--duration s] [--warmup s] [--concurrency 8,32] [--loops n]
+ *   [--queues lists,raw,bullmq]
  * Progress on stderr; the tables on stdout.
  */
 const HELP = `usage: npm run bench:floor -- [options]
@@ -56,7 +62,8 @@ const HELP = `usage: npm run bench:floor -- [options]
   --warmup <s>          least seconds of unmeasured load before each step (default 3)
   --concurrency <list>  client connections per step (default 8,32, as the bench's null workload)
   --loops <n>           hand-off loops per stand-in process, each with its own connection (default 4)
-  --queues <list>       lists (LPUSH / BLMOVE), bullmq (the pipeline's queues), or both (default lists,bullmq)
+  --queues <list>       lists (ioredis), raw (a minimal client), bullmq (the pipeline's queues)
+                        (default lists,raw,bullmq)
   --help`;
 
 /** Queue lists and keys of the stand-ins, under one prefix. */
@@ -85,23 +92,17 @@ const { values } = parseArgs({
     warmup: { type: 'string', default: '3' },
     concurrency: { type: 'string', default: '8,32' },
     loops: { type: 'string', default: '4' },
-    queues: { type: 'string', default: 'lists,bullmq' },
+    queues: { type: 'string', default: 'lists,raw,bullmq' },
     help: { type: 'boolean', default: false },
   },
 });
 
-if (values.help) {
-  console.log(HELP);
-} else if (values.role) {
-  runRole(values.role, values.redis ?? '', Number(values.loops), transportOf(values.queues));
-} else {
-  await main();
-}
-
-type Transport = 'lists' | 'bullmq';
+type Transport = 'lists' | 'raw' | 'bullmq';
 
 function transportOf(text: string): Transport {
-  if (text !== 'lists' && text !== 'bullmq') throw new Error(`--queues: unknown '${text}'`);
+  if (text !== 'lists' && text !== 'raw' && text !== 'bullmq') {
+    throw new Error(`--queues: unknown '${text}'`);
+  }
   return text;
 }
 
@@ -231,16 +232,13 @@ function report(steps: FloorStep[], limit: LimitResult): string {
   const best = limit.levels.reduce((a, b) => (b.imagesPerSecond > a.imagesPerSecond ? b : a));
   const limitCpu = (best.cpuCores / best.imagesPerSecond) * 1000;
   out.push(
-    `bounds on the orchestration ceiling (target ≥ 0.9; the floor may cost at most ${round(limitCpu / 9, 3)} CPU ms/img for it)`,
+    `the orchestration ceiling with only these hand-offs added to the limit's work (target ≥ 0.9: at most ${round(limitCpu / 9, 3)} CPU ms/img)`,
   );
   for (const transport of new Set(steps.map((s) => s.transport))) {
     const mine = steps.filter((s) => s.transport === transport);
     const floorCpu = Math.min(...mine.map((s) => s.totalCpuMsPerImage));
-    const floorRate = Math.max(...mine.map((s) => s.load.requestsPerSecond));
     out.push(
-      `  ${transport}: by CPU per image, limit ${round(limitCpu, 3)} / (limit + floor ${floorCpu}) = ${round(limitCpu / (limitCpu + floorCpu), 3)}; ` +
-        `by requests/s with the load generator on the machine, 1 / (1/${best.imagesPerSecond} + 1/${floorRate}) / ${best.imagesPerSecond} = ` +
-        `${round(floorRate / (floorRate + best.imagesPerSecond), 3)}`,
+      `  ${transport}: limit ${round(limitCpu, 3)} / (limit + ${floorCpu}) = ${round(limitCpu / (limitCpu + floorCpu), 3)}`,
     );
   }
   return out.join('\n');
@@ -266,8 +264,10 @@ function runRole(role: string, url: string, loops: number, transport: Transport)
   if (role === 'gateway') return gatewayRole(url, transport);
   const stage = role as Stage;
   if (transport === 'bullmq') return bullmqStage(url, stage, loops);
-  for (let i = 0; i < loops; i++)
-    void listLoop(createRedis(url, `${stage}-${i}`, 'worker'), stage, i);
+  for (let i = 0; i < loops; i++) {
+    if (transport === 'raw') void RawClient.connect(url).then((c) => listLoop(c, stage, i));
+    else void listLoop(ioredisLists(createRedis(url, `${stage}-${i}`, 'worker')), stage, i);
+  }
 }
 
 /** The job data of the BullMQ stand-ins: a small part of what a pipeline job carries. */
@@ -279,25 +279,140 @@ function jobData(id: string) {
  * One loop of a stage stand-in on lists. An element is the image's id followed by its value, so
  * one `BLMOVE` both takes the hand-off and delivers the data, onto a processing list of this
  * loop's own (what a restarted worker would recover); one pipeline then pushes the next element
- * and empties the processing list. Redis copies each value in and out once per hop: the least a
- * hand-off through Redis that survives a killed worker can do.
+ * and empties the processing list. Redis copies each value in and out once per hop.
  */
-async function listLoop(redis: Redis, stage: Stage, loop: number): Promise<void> {
+async function listLoop(redis: ListClient, stage: Stage, loop: number): Promise<void> {
   const queue = `${P}:${stage}`;
   const active = `${queue}:active:${loop}`;
   // This loop's outgoing element: the id is written into its head, the body made once.
   const out = Buffer.alloc(ID_BYTES + (stage === 'pre' ? PIXELS.length : CANDIDATES.length));
   for (;;) {
-    const element = await redis.blmoveBuffer(queue, active, 'RIGHT', 'LEFT', 0);
+    const element = await redis.take(queue, active);
     if (element === null) continue;
-    const p = redis.pipeline();
     if (stage === 'post') {
-      p.lpush(`${P}:result`, `${element.subarray(0, ID_BYTES).toString()} ${RESPONSE}`);
+      await redis.pushAndClear(
+        `${P}:result`,
+        `${element.subarray(0, ID_BYTES).toString()} ${RESPONSE}`,
+        active,
+      );
     } else {
       element.copy(out, 0, 0, ID_BYTES);
-      p.lpush(`${P}:${NEXT[stage]}`, out);
+      await redis.pushAndClear(`${P}:${NEXT[stage]}`, out, active);
     }
-    await p.del(active).exec();
+  }
+}
+
+/** The two round trips of listLoop, on either client. */
+interface ListClient {
+  /** `BLMOVE queue active RIGHT LEFT 0`: the element, valid until the next call. */
+  take(queue: string, active: string): Promise<Buffer | null>;
+  /** `LPUSH list element` and `DEL active` in one write. */
+  pushAndClear(list: string, element: Buffer | string, active: string): Promise<void>;
+}
+
+/** ListClient on ioredis, as the pipeline's roles talk to Redis. */
+function ioredisLists(redis: Redis): ListClient {
+  return {
+    take: (queue, active) => redis.blmoveBuffer(queue, active, 'RIGHT', 'LEFT', 0),
+    pushAndClear: async (list, element, active) => {
+      await redis.pipeline().lpush(list, element).del(active).exec();
+    },
+  };
+}
+
+/**
+ * ListClient on a minimal RESP2 client over the Unix socket (`--queues raw`): each argument is
+ * written as it is (no copy into a command buffer), the socket is read into one reused buffer
+ * (`onread`), and a bulk reply is copied once into a reused buffer. It shows what the same
+ * hand-offs cost without a client library's allocations; it knows only the replies listLoop
+ * gets (status, integer, bulk string) and is no client for anything else.
+ */
+class RawClient implements ListClient {
+  private readonly waiting: Array<(reply: Buffer | null) => void> = [];
+  private readonly line = Buffer.alloc(1024);
+  private lineLength = 0;
+  private readonly bulk = Buffer.allocUnsafe(4 * 1024 * 1024);
+  private bulkLength = 0;
+  /** Bytes of the current bulk reply (and its CRLF) still to read. */
+  private want = 0;
+  private got = 0;
+
+  private socket!: Socket;
+
+  static async connect(url: string): Promise<RawClient> {
+    const client = new RawClient();
+    client.socket = connect({
+      path: redisTarget(url),
+      onread: {
+        buffer: Buffer.allocUnsafe(256 * 1024),
+        callback: (n: number, buf: Uint8Array) => {
+          client.read(buf, n);
+          return true;
+        },
+      },
+    } as NetConnectOpts);
+    await new Promise((resolve) => client.socket.once('connect', resolve));
+    return client;
+  }
+
+  async take(queue: string, active: string): Promise<Buffer | null> {
+    return this.send([['BLMOVE', queue, active, 'RIGHT', 'LEFT', '0']]).then((r) => r[0]!);
+  }
+
+  async pushAndClear(list: string, element: Buffer | string, active: string): Promise<void> {
+    await this.send([
+      ['LPUSH', list, element],
+      ['DEL', active],
+    ]);
+  }
+
+  /** Writes the commands in one corked write; resolves with their replies (bulk or null). */
+  private send(commands: Array<Array<string | Buffer>>): Promise<Array<Buffer | null>> {
+    const replies = commands.map(
+      () => new Promise<Buffer | null>((resolve) => this.waiting.push(resolve)),
+    );
+    this.socket.cork();
+    for (const parts of commands) {
+      this.socket.write(`*${parts.length}\r\n`);
+      for (const part of parts) {
+        this.socket.write(`$${Buffer.byteLength(part)}\r\n`);
+        this.socket.write(part);
+        this.socket.write('\r\n');
+      }
+    }
+    this.socket.uncork();
+    return Promise.all(replies);
+  }
+
+  private read(buf: Uint8Array, n: number): void {
+    let i = 0;
+    while (i < n) {
+      if (this.want > 0) {
+        const k = Math.min(this.want, n - i);
+        this.bulk.set(buf.subarray(i, i + k), this.got);
+        this.got += k;
+        this.want -= k;
+        i += k;
+        if (this.want === 0) this.waiting.shift()!(this.bulk.subarray(0, this.bulkLength));
+        continue;
+      }
+      const byte = buf[i++]!;
+      this.line[this.lineLength++] = byte;
+      if (byte !== 10) continue;
+      const text = this.line.toString('latin1', 0, this.lineLength - 2);
+      this.lineLength = 0;
+      if (text[0] !== '$') {
+        this.waiting.shift()!(null);
+        continue;
+      }
+      this.bulkLength = Number(text.slice(1));
+      if (this.bulkLength < 0) {
+        this.waiting.shift()!(null);
+      } else {
+        this.got = 0;
+        this.want = this.bulkLength + 2;
+      }
+    }
   }
 }
 
@@ -379,4 +494,13 @@ function gatewayRole(url: string, transport: Transport): void {
     const address = server.address();
     process.stdout.write(`${typeof address === 'object' && address ? address.port : 0}\n`);
   });
+}
+
+// Last, once every declaration above is initialised (the roles use the classes).
+if (values.help) {
+  console.log(HELP);
+} else if (values.role) {
+  runRole(values.role, values.redis ?? '', Number(values.loops), transportOf(values.queues));
+} else {
+  await main();
 }

@@ -22,6 +22,7 @@ import type { Keys } from './keys.js';
 import type { Logger } from './logger.js';
 import type { StageMetrics } from './metrics.js';
 import type { ResultSink } from './reply.js';
+import { setValue } from './redis.js';
 import { formatIssues } from './validation.js';
 
 /**
@@ -173,7 +174,7 @@ export async function storeAndEnqueue<Q extends QueueName>(
   queue: StageQueue<Q>,
   data: JobPayloads[Q],
 ): Promise<void> {
-  await Promise.all([redis.set(key, value, 'EX', ttlSeconds), enqueue(queue, data)]);
+  await Promise.all([setValue(redis, key, value, ttlSeconds), enqueue(queue, data)]);
 }
 
 export interface StageWorkerOptions<Q extends QueueName> {
