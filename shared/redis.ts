@@ -82,7 +82,10 @@ export const LARGE_VALUE_BYTES = 64 * 1024;
  * command. From LARGE_VALUE_BYTES the value itself is written to the socket after the command's
  * header, in one corked write (0.18–0.23 ms); smaller values go through `redis.set`.
  *
- * Not for pipelines or MULTI, whose commands ioredis writes together later.
+ * Not for pipelines or MULTI, whose commands ioredis writes together later. The value is
+ * written from the caller's Buffer, not a copy: leave it unchanged until the promise settles.
+ * On a connection with ioredis's `keyPrefix` (none of this project's has one) it falls back to
+ * `redis.set`, which adds the prefix.
  *
  * @param ttlSeconds whole seconds, ≥ 1
  * @returns Redis's reply, `OK`
@@ -95,7 +98,9 @@ export async function setValue(
   value: Buffer,
   ttlSeconds: number,
 ): Promise<unknown> {
-  if (value.length < LARGE_VALUE_BYTES) return redis.set(key, value, 'EX', ttlSeconds);
+  if (value.length < LARGE_VALUE_BYTES || redis.options.keyPrefix) {
+    return redis.set(key, value, 'EX', ttlSeconds);
+  }
   return redis.sendCommand(new ValueSetCommand(key, value, ttlSeconds));
 }
 
@@ -117,11 +122,12 @@ class ValueSetCommand extends Command {
     const stream = socket as Writable;
     const ttl = String(this.ttlSeconds);
     stream.cork();
+    // Scheduled first, so that the socket is uncorked whatever the writes do.
+    process.nextTick(() => stream.uncork());
     stream.write(
       `*5\r\n$3\r\nSET\r\n$${Buffer.byteLength(this.key)}\r\n${this.key}\r\n$${this.value.length}\r\n`,
     );
     stream.write(this.value);
-    process.nextTick(() => stream.uncork());
     return `\r\n$2\r\nEX\r\n$${ttl.length}\r\n${ttl}\r\n`;
   }
 }

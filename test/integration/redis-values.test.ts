@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import { startRedisServer, stopProcess } from '../../services/supervisor/processes.js';
 import {
   closeRedis,
@@ -17,7 +17,8 @@ import {
 /**
  * setValue writes a large value to the socket itself (no copy by ioredis): the value arrives
  * whole, in order with the connection's other commands, with its TTL, over TCP and a Unix
- * socket, sent before the connection is up, and Redis's refusals reach the caller.
+ * socket, sent before the connection is up, under a connection's keyPrefix, and Redis's
+ * refusals reach the caller.
  */
 let server: ChildProcess | undefined;
 let tcpUrl = '';
@@ -104,6 +105,16 @@ test('setValue sent before the connection is up waits for it, then stores the va
   const value = pattern(2 * LARGE_VALUE_BYTES, 99);
   assert.equal(await setValue(redis, 'offline', value, 30), 'OK');
   assert.ok((await redis.getBuffer('offline'))?.equals(value));
+});
+
+test('setValue on a connection with a keyPrefix stores under the prefixed key', async () => {
+  const prefixed = new Redis(tcpUrl, { keyPrefix: 'pfx:' });
+  clients.push(prefixed);
+  const value = pattern(2 * LARGE_VALUE_BYTES, 7);
+  assert.equal(await setValue(prefixed, 'large', value, 30), 'OK');
+  const plain = connect(tcpUrl, 'values-prefix-check');
+  assert.ok((await plain.getBuffer('pfx:large'))?.equals(value));
+  assert.equal(await plain.exists('large'), 0);
 });
 
 test('a Redis at its maxmemory refuses a large setValue with OOM, and the connection goes on', async () => {
