@@ -3,7 +3,7 @@ import { cpus, loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { measureSystem, postOnce, runScript } from './measure.js';
+import { measureSystem, perImage, postOnce, runScript } from './measure.js';
 import type { ModelAloneResult } from './model-alone.js';
 import { round } from './proc-stats.js';
 import { countRedisCommands } from './redis-commands.js';
@@ -180,7 +180,7 @@ async function main(): Promise<void> {
           cpuMsPerImageByProcess: Object.fromEntries(
             Object.entries(step.cpuCoresByProcess).map(([proc, cores]) => [
               proc,
-              round((cores / step.imagesPerSecond) * 1000, 2),
+              perImage(cores, step.imagesPerSecond, 2) ?? 0,
             ]),
           ),
         });

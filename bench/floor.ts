@@ -15,9 +15,10 @@ import { createQueue, stageWorkerOptions } from '../shared/queues.js';
 import { createRedis, redisSocketUrl, redisTarget } from '../shared/redis.js';
 import { startRedisServer } from '../services/supervisor/processes.js';
 import type { LimitResult } from './limit.js';
-import { runLoad, type LoadStep } from './load.js';
-import { runScript } from './measure.js';
-import { CpuMeter, round } from './proc-stats.js';
+import type { LoadStep } from './load.js';
+import { measureSystem, perImage, runScript } from './measure.js';
+import { round } from './proc-stats.js';
+import type { SystemUnderTest } from './systems.js';
 import { jsonBodies, loadImages } from './workloads.js';
 
 /**
@@ -161,42 +162,32 @@ async function measureFloor(
       gateway.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
       gateway.once('exit', (code) => reject(new Error(`the gateway stand-in exited (${code})`)));
     });
-    for (const connections of levels) {
-      const meter = new CpuMeter(procs);
-      const self = new CpuMeter(new Map([['load generator', process.pid]]));
-      let used: ReturnType<CpuMeter['end']> | undefined;
-      let own: ReturnType<CpuMeter['end']> | undefined;
-      const load = await runLoad(
-        `http://127.0.0.1:${port}`,
-        bodies,
-        connections,
-        {
-          warmupSeconds,
-          seconds,
-          onOpen: () => {
-            meter.begin();
-            self.begin();
-          },
-          onClose: () => {
-            used = meter.end();
-            own = self.end();
-          },
-        },
-        `floor ${transport} c=${connections}`,
-      );
-      if (!used || !own) throw new Error('the measured window never closed');
-      const images = load.ok;
-      if (images === 0)
-        throw new Error(`floor ${transport} c=${connections}: no answer (see stderr)`);
-      const perImage = (s: number): number => round((s * 1000) / images, 3);
+    const sut: SystemUnderTest = {
+      url: `http://127.0.0.1:${port}`,
+      processes: procs,
+      metricsUrls: [],
+      redis: undefined,
+      redisUrl: undefined,
+      stop: () => Promise.resolve(),
+    };
+    const measured = await measureSystem(`floor ${transport}`, sut, bodies, levels, {
+      warmupSeconds,
+      durationSeconds: seconds,
+    });
+    for (const step of measured.steps) {
+      const ms = (cores: number): number => {
+        const v = perImage(cores, step.imagesPerSecond, 3);
+        if (v === null) throw new Error(`floor ${transport} c=${step.connections}: no answer`);
+        return v;
+      };
       steps.push({
         transport,
-        load,
+        load: step,
         cpuMsPerImage: Object.fromEntries(
-          Object.entries(used.cpuSeconds).map(([k, s]) => [k, perImage(s)]),
+          Object.entries(step.cpuCoresByProcess).map(([k, cores]) => [k, ms(cores)]),
         ),
-        totalCpuMsPerImage: perImage(used.totalCpuSeconds),
-        loadGeneratorCpuMsPerImage: perImage(own.totalCpuSeconds),
+        totalCpuMsPerImage: ms(step.cpuCores),
+        loadGeneratorCpuMsPerImage: ms(step.loadGeneratorCpuCores),
       });
     }
   } finally {
@@ -226,11 +217,11 @@ function report(steps: FloorStep[], limit: LimitResult): string {
   out.push('in-process limit of the null workload (limit.ts)');
   for (const l of limit.levels) {
     out.push(
-      `  ${l.inflight} in flight: ${l.imagesPerSecond} images/s, ${round((l.cpuCores / l.imagesPerSecond) * 1000, 3)} CPU ms/img`,
+      `  ${l.inflight} in flight: ${l.imagesPerSecond} images/s, ${perImage(l.cpuCores, l.imagesPerSecond, 3)} CPU ms/img`,
     );
   }
   const best = limit.levels.reduce((a, b) => (b.imagesPerSecond > a.imagesPerSecond ? b : a));
-  const limitCpu = (best.cpuCores / best.imagesPerSecond) * 1000;
+  const limitCpu = perImage(best.cpuCores, best.imagesPerSecond, 3) ?? Infinity;
   out.push(
     `the orchestration ceiling with only these hand-offs added to the limit's work (target ≥ 0.9: at most ${round(limitCpu / 9, 3)} CPU ms/img)`,
   );

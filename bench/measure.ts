@@ -54,9 +54,13 @@ export interface LoadOptions {
   minAnswers?: number;
 }
 
-/** CPU ms per image from CPU cores busy and images per second; null without images. */
-export function perImage(cores: number, imagesPerSecond: number): number | null {
-  return imagesPerSecond > 0 ? round((cores * 1000) / imagesPerSecond, 1) : null;
+/**
+ * CPU ms per image from CPU cores busy and images per second; null without images.
+ *
+ * @param digits decimals kept (default 1)
+ */
+export function perImage(cores: number, imagesPerSecond: number, digits = 1): number | null {
+  return imagesPerSecond > 0 ? round((cores * 1000) / imagesPerSecond, digits) : null;
 }
 
 const progress = (line: string) => process.stderr.write(`${line}\n`);
