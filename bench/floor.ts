@@ -13,6 +13,7 @@ import { QueueName } from '../shared/contracts.js';
 import { EnvSchema } from '../shared/config.js';
 import { createQueue, stageWorkerOptions } from '../shared/queues.js';
 import { createRedis, redisSocketUrl, redisTarget } from '../shared/redis.js';
+import { tuneGarbageCollection } from '../shared/gc-tuning.js';
 import { startRedisServer } from '../services/supervisor/processes.js';
 import type { LimitResult } from './limit.js';
 import type { LoadStep } from './load.js';
@@ -252,6 +253,8 @@ function spawnRole(role: string, url: string, loops: string, transport: Transpor
 /** A stand-in process: `role` is `gateway` or a stage; `url` the REDIS_URL. */
 function runRole(role: string, url: string, loops: number, transport: Transport): void {
   process.on('SIGTERM', () => process.exit(0));
+  // The garbage collection settings of the pipeline's roles, which move the same Buffers.
+  tuneGarbageCollection();
   if (role === 'gateway') return gatewayRole(url, transport);
   const stage = role as Stage;
   if (transport === 'bullmq') return bullmqStage(url, stage, loops);

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { asyncRequestOf, type AsyncRequests } from './async-requests.js';
-import { execPipeline } from './redis.js';
+import { sendTogether } from './redis.js';
 import type { Keys } from './keys.js';
 import type { ResultMessage } from './contracts.js';
 
@@ -36,9 +36,9 @@ export class ResultSink {
    * at its maxmemory refuses the result (a write) but not DEL, and the image's megabytes make
    * room for the result's few hundred bytes.
    *
-   * A synchronous result takes one round trip: `DEL`, `LPUSH`, `EXPIRE` pipelined (written in
-   * one socket write, which Redis runs back to back, so the push and its TTL go together as
-   * they did in a MULTI, at two commands fewer).
+   * A synchronous result takes one round trip: `DEL`, `LPUSH`, `EXPIRE` in one socket write
+   * (sendTogether), which Redis runs back to back, so the push and its TTL go together as they
+   * did in a MULTI, at two commands fewer.
    *
    * @throws the first command's error (an `OOM` reply when Redis is full)
    */
@@ -50,10 +50,14 @@ export class ResultSink {
     const requestId = asyncRequestOf(replyTo);
     if (requestId === undefined) {
       const key = this.keys.replies(replyTo);
-      const pipeline = this.redis.pipeline();
-      if (finishedKeys.length > 0) pipeline.del(...finishedKeys);
-      await execPipeline(
-        pipeline.lpush(key, JSON.stringify(message)).expire(key, this.replyTtlSeconds),
+      const { redis } = this;
+      // Replies come in order, so the first command to fail rejects first.
+      await Promise.all(
+        sendTogether(redis, () => [
+          finishedKeys.length > 0 ? redis.del(...finishedKeys) : Promise.resolve(0),
+          redis.lpush(key, JSON.stringify(message)),
+          redis.expire(key, this.replyTtlSeconds),
+        ]),
       );
       return;
     }

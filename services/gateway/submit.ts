@@ -7,7 +7,12 @@ import { withDeadline } from '../../shared/deadline.js';
 import { ErrorCode, PipelineError } from '../../shared/errors.js';
 import type { Keys } from '../../shared/keys.js';
 import { resolveModel, type ModelDirectory } from '../../shared/model-directory.js';
-import { imageJobOptions, queueFor, type StageQueue } from '../../shared/queues.js';
+import {
+  imageJobOptions,
+  queueFor,
+  storeAndEnqueue as storeAndEnqueueOne,
+  type StageQueue,
+} from '../../shared/queues.js';
 import { execMulti, execPipeline } from '../../shared/redis.js';
 import { readMultipartForm } from './multipart-image.js';
 import {
@@ -179,7 +184,9 @@ export const SUBMIT_CHUNK_IMAGES = 50;
  * queues share, and Redis runs them in order, so no job is seen before its image; a Redis at
  * its maxmemory refuses the SETs and the jobs' scripts alike. What `alsoWrite` adds is written
  * in one transaction with the first step's images, and the jobs are added only once it
- * succeeded.
+ * succeeded. A request of one uploaded image without `alsoWrite` takes the stages' own hand-off
+ * (storeAndEnqueue of shared/queues.ts: the same order on the same connection, without building
+ * the two pipelines and with its bytes written as they are, setValue).
  *
  * @param signal once aborted (the caller gave up on the request), no further step starts;
  *   the promise rejects with the signal's reason
@@ -200,6 +207,21 @@ export async function storeAndEnqueue(
     }
     const chunk = jobs.slice(from, from + SUBMIT_CHUNK_IMAGES);
     const transaction = from === 0 ? alsoWrite : undefined;
+    const image = parsed.images[from];
+    if (jobs.length === 1 && !transaction && image?.kind === 'bytes') {
+      // One uploaded image (most requests): stored and enqueued as every stage hands an image
+      // on, without the two pipelines below and without copying its bytes (setValue).
+      const job = jobs[0]!;
+      await storeAndEnqueueOne(
+        input.redis,
+        input.keys.image(job.id),
+        image.bytes,
+        ttlSeconds,
+        queueFor(job.replyTo, input.preQueue, input.preAsyncQueue) as StageQueue<'pre'>,
+        job,
+      );
+      return;
+    }
     const store = transaction ? input.redis.multi() : input.redis.pipeline();
     chunk.forEach((job, i) => {
       const img = parsed.images[from + i]!;

@@ -11,6 +11,7 @@ import {
   createRedis,
   LARGE_VALUE_BYTES,
   redisSocketUrl,
+  sendTogether,
   setValue,
 } from '../../shared/redis.js';
 
@@ -18,7 +19,7 @@ import {
  * setValue writes a large value to the socket itself (no copy by ioredis): the value arrives
  * whole, in order with the connection's other commands, with its TTL, over TCP and a Unix
  * socket, sent before the connection is up, under a connection's keyPrefix, and Redis's
- * refusals reach the caller.
+ * refusals reach the caller. sendTogether's commands leave in one write and answer one by one.
  */
 let server: ChildProcess | undefined;
 let tcpUrl = '';
@@ -131,4 +132,63 @@ test('a Redis at its maxmemory refuses a large setValue with OOM, and the connec
   } finally {
     await admin.config('SET', 'maxmemory', '0');
   }
+});
+
+test('sendTogether writes its commands to the socket at once, each answered on its own promise', async () => {
+  const redis = connect(socketUrl, 'together');
+  await redis.ping();
+  await redis.set('t:string', 'x');
+  // Count what reaches the socket's handle: a corked stream hands every chunk to one _writev.
+  const stream = redis.stream as unknown as {
+    _write: (...args: unknown[]) => void;
+    _writev: (...args: unknown[]) => void;
+  };
+  const calls: Array<{ kind: string; chunks: number }> = [];
+  const write = stream._write.bind(stream);
+  const writev = stream._writev.bind(stream);
+  stream._write = (...args) => {
+    calls.push({ kind: 'write', chunks: 1 });
+    write(...args);
+  };
+  stream._writev = (...args) => {
+    calls.push({ kind: 'writev', chunks: (args[0] as unknown[]).length });
+    writev(...args);
+  };
+  let results: PromiseSettledResult<unknown>[];
+  try {
+    results = await Promise.allSettled(
+      sendTogether(redis, () => [
+        redis.lpush('t:list', 'a'),
+        redis.lpush('t:string', 'b'),
+        redis.expire('t:list', 30),
+      ]),
+    );
+  } finally {
+    delete (stream as { _write?: unknown })._write;
+    delete (stream as { _writev?: unknown })._writev;
+  }
+  assert.deepEqual(calls, [{ kind: 'writev', chunks: 3 }], 'one write of the three commands');
+  assert.deepEqual(results[0], { status: 'fulfilled', value: 1 });
+  assert.equal(results[1]?.status, 'rejected');
+  assert.match(String((results[1] as PromiseRejectedResult).reason), /WRONGTYPE/);
+  assert.deepEqual(
+    results[2],
+    { status: 'fulfilled', value: 1 },
+    'the command after the error ran',
+  );
+  assert.ok((await redis.ttl('t:list')) > 0);
+  assert.equal(await redis.ping(), 'PONG');
+});
+
+test('sendTogether on a connection that is not up yet sends its commands once it is', async () => {
+  const redis = createRedis(tcpUrl, 'together-offline', 'worker');
+  clients.push(redis);
+  assert.notEqual(redis.status, 'ready');
+  const replies = await Promise.all(
+    sendTogether(redis, () => [
+      redis.rpush('t:offline', 'a', 'b'),
+      redis.lrange('t:offline', 0, -1),
+    ]),
+  );
+  assert.deepEqual(replies, [2, ['a', 'b']]);
 });
