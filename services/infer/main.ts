@@ -86,7 +86,12 @@ runStage(QueueName.infer, async ({ config, log, keys, client, registry, instance
         try {
           const inferStart = nowMs();
           const out = await model.run(
-            items.map((i) => ({ pixels: i.pixels, placement: placementOf(i.job.letterbox) })),
+            // Each item's pixels were read for this batch alone: handed over, not copied.
+            items.map((i) => ({
+              pixels: i.pixels,
+              placement: placementOf(i.job.letterbox),
+              handOver: true,
+            })),
             items.map((i) => ({
               confidence: i.job.params.confidence,
               allowedClassIds: classIdsOf(i.job.params.classFilter, classNames),

@@ -109,6 +109,12 @@ export interface PlacedImage {
   /** `placement.height` × `placement.width` × 3 bytes, RGB, row-major. */
   pixels: Uint8Array;
   placement: Placement;
+  /**
+   * The caller gives the pixels up: an image alone whose Uint8Array owns its whole ArrayBuffer
+   * is then transferred to the session thread as it is, not copied, and detached here.
+   * Default false: the pixels are copied.
+   */
+  handOver?: boolean;
 }
 
 export interface BatchOutput {
@@ -269,21 +275,19 @@ export class OnnxModel {
    * Runs `images` as one batch: each its resized RGB pixels (`placement.height` ×
    * `placement.width` × 3 bytes, as `pre` stores them) and where they sit in the model input;
    * the session thread adds the letterbox padding. It runs on the session pickSession names.
+   * An image alone that is handed over (`handOver`) goes to the session thread without a copy
+   * where its buffer allows, and is detached when this returns (transferablePixels).
    *
    * @throws RangeError when an image's byte length does not match its placement
    */
   run(images: readonly PlacedImage[], filters: CandidateFilter[]): Promise<BatchOutput> {
     const { input_width: width, input_height: height } = this.description;
-    // One contiguous copy that can be transferred to the thread without cloning.
-    const pixels = new Uint8Array(images.reduce((n, img) => n + img.pixels.byteLength, 0));
-    let offset = 0;
     images.forEach(({ pixels: img, placement: p }, i) => {
       const bytes = p.width * p.height * 3;
       if (img.byteLength !== bytes)
         throw new RangeError(`image ${i} has ${img.byteLength} bytes, expected ${bytes}`);
-      pixels.set(img, offset);
-      offset += bytes;
     });
+    const pixels = transferablePixels(images);
     const batchId = this.nextBatchId++;
     const instance = pickSession(this.inFlight, this.solo);
     return new Promise<BatchOutput>((resolve, reject) => {
@@ -326,6 +330,32 @@ export class OnnxModel {
     this.pending.clear();
     this.inFlight.fill(0);
   }
+}
+
+/**
+ * The batch's pixels as one Uint8Array that owns its whole ArrayBuffer, so that it can be
+ * transferred to the session thread without cloning. An image alone that is handed over and
+ * whose buffer is already its own (what ioredis returns for a value that arrived in several
+ * socket reads, as every image of hundreds of kilobytes does) is used as it is, saving a copy
+ * and a fresh allocation of its size; otherwise the images are copied one after the other into
+ * a new buffer.
+ */
+function transferablePixels(images: readonly PlacedImage[]): Uint8Array<ArrayBuffer> {
+  const only = images.length === 1 && images[0]!.handOver ? images[0]!.pixels : undefined;
+  if (
+    only?.buffer instanceof ArrayBuffer &&
+    only.byteOffset === 0 &&
+    only.buffer.byteLength === only.byteLength
+  ) {
+    return new Uint8Array(only.buffer);
+  }
+  const pixels = new Uint8Array(images.reduce((n, img) => n + img.pixels.byteLength, 0));
+  let offset = 0;
+  for (const { pixels: img } of images) {
+    pixels.set(img, offset);
+    offset += img.byteLength;
+  }
+  return pixels;
 }
 
 /**

@@ -91,3 +91,51 @@ describe('OnnxModel with two instances on the CPU', () => {
     }
   });
 });
+
+describe('OnnxModel.run: pixels handed over', () => {
+  test('an image alone that owns its buffer is transferred, anything else is copied', async () => {
+    const model = await OnnxModel.load({
+      modelId: 'tiny',
+      modelPath: undefined,
+      classNamesPath: undefined,
+      executionProvider: 'cpu',
+      maxBatchSize: 2,
+    });
+    try {
+      const { input_width: width, input_height: height } = model.description;
+      const placement = { width, height, left: 0, top: 0 };
+      const filter = { confidence: 0.01, allowedClassIds: null, maxCandidates: 10 };
+      const image = () => new Uint8Array(width * height * 3).fill(114);
+      const kept = image();
+      const expected = await model.run([{ pixels: kept, placement }], [filter]);
+      assert.equal(kept.byteLength, width * height * 3, 'not handed over: copied, left intact');
+
+      const owned = image();
+      const handed = await model.run([{ pixels: owned, placement, handOver: true }], [filter]);
+      assert.equal(owned.byteLength, 0, 'handed over and owning its buffer: transferred');
+      assert.deepEqual(handed.candidates, expected.candidates);
+
+      // A view into a larger buffer (a pooled or sliced Buffer) cannot be transferred alone.
+      const larger = new Uint8Array(width * height * 3 + 16).fill(114);
+      const view = larger.subarray(16);
+      const copied = await model.run([{ pixels: view, placement, handOver: true }], [filter]);
+      assert.equal(view.byteLength, width * height * 3, 'a view is copied');
+      assert.deepEqual(copied.candidates, expected.candidates);
+
+      // Two images are copied into one buffer, whatever they say.
+      const a = image();
+      const b = image();
+      const both = await model.run(
+        [
+          { pixels: a, placement, handOver: true },
+          { pixels: b, placement, handOver: true },
+        ],
+        [filter, filter],
+      );
+      assert.equal(a.byteLength + b.byteLength, 2 * width * height * 3, 'a batch is copied');
+      assert.deepEqual(both.candidates, [expected.candidates[0], expected.candidates[0]]);
+    } finally {
+      await model.close();
+    }
+  });
+});
