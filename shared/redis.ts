@@ -139,6 +139,8 @@ class ValueSetCommand extends Command {
  * many scripts: ioredis copies each of them onto every new pipeline (BullMQ's, about 60 on the
  * connection its queues use). Replies and errors stay per command, each on its own promise.
  * While the connection is not ready, ioredis queues the commands and writes them in order later.
+ * `send` should only issue the commands: a throw after the first one leaves their promises
+ * with nobody to handle them.
  *
  * @returns what `send` returns (the commands' promises)
  */

@@ -51,11 +51,13 @@ export class ResultSink {
     if (requestId === undefined) {
       const key = this.keys.replies(replyTo);
       const { redis } = this;
+      // Made first: nothing is sent if it throws.
+      const json = JSON.stringify(message);
       // Replies come in order, so the first command to fail rejects first.
       await Promise.all(
         sendTogether(redis, () => [
           finishedKeys.length > 0 ? redis.del(...finishedKeys) : Promise.resolve(0),
-          redis.lpush(key, JSON.stringify(message)),
+          redis.lpush(key, json),
           redis.expire(key, this.replyTtlSeconds),
         ]),
       );

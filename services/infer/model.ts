@@ -276,7 +276,7 @@ export class OnnxModel {
    * `placement.width` × 3 bytes, as `pre` stores them) and where they sit in the model input;
    * the session thread adds the letterbox padding. It runs on the session pickSession names.
    * An image alone that is handed over (`handOver`) goes to the session thread without a copy
-   * where its buffer allows, and is detached when this returns (transferablePixels).
+   * where its buffer allows, and is then detached (transferablePixels).
    *
    * @throws RangeError when an image's byte length does not match its placement
    */

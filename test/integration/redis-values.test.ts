@@ -181,7 +181,7 @@ test('sendTogether writes its commands to the socket at once, each answered on i
   assert.equal(await redis.ping(), 'PONG');
 });
 
-test('sendTogether on a connection that is not up yet sends its commands once it is', async () => {
+test('sendTogether on a connection that is not up yet leaves its commands to the offline queue', async () => {
   const redis = createRedis(tcpUrl, 'together-offline', 'worker');
   clients.push(redis);
   assert.notEqual(redis.status, 'ready');
