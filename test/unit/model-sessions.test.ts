@@ -9,6 +9,18 @@ import {
 
 const base = { intraOp: 0, allowSpinning: false };
 
+/** The generated tiny-shapes detector on the CPU, with `options` over these defaults. */
+function loadTiny(options: Partial<Parameters<typeof OnnxModel.load>[0]>): Promise<OnnxModel> {
+  return OnnxModel.load({
+    modelId: 'tiny',
+    modelPath: undefined,
+    classNamesPath: undefined,
+    executionProvider: 'cpu',
+    maxBatchSize: 1,
+    ...options,
+  });
+}
+
 describe('sessionLayout: the sessions of one model and their threads', () => {
   test('one instance: one session with every core', () => {
     assert.deepEqual(sessionLayout(base, 1, 'cpu', 2), { threads: [base], solo: false });
@@ -64,11 +76,7 @@ describe('pickSession: where a batch runs', () => {
 
 describe('OnnxModel with two instances on the CPU', () => {
   test('runs batches one at a time and side by side with the same results', async () => {
-    const model = await OnnxModel.load({
-      modelId: 'tiny',
-      modelPath: undefined,
-      classNamesPath: undefined,
-      executionProvider: 'cpu',
+    const model = await loadTiny({
       maxBatchSize: 1,
       instances: 2,
       threads: { intraOp: 2, allowSpinning: false },
@@ -94,13 +102,7 @@ describe('OnnxModel with two instances on the CPU', () => {
 
 describe('OnnxModel.run: pixels handed over', () => {
   test('an image alone that owns its buffer is transferred, anything else is copied', async () => {
-    const model = await OnnxModel.load({
-      modelId: 'tiny',
-      modelPath: undefined,
-      classNamesPath: undefined,
-      executionProvider: 'cpu',
-      maxBatchSize: 2,
-    });
+    const model = await loadTiny({ maxBatchSize: 2 });
     try {
       const { input_width: width, input_height: height } = model.description;
       const placement = { width, height, left: 0, top: 0 };
