@@ -199,6 +199,21 @@ export async function storeAndEnqueue(
   alsoWrite?: (multi: ReturnType<Redis['multi']>) => void,
   signal?: AbortSignal,
 ): Promise<void> {
+  const [only] = jobs;
+  const onlyImage = parsed.images[0];
+  if (jobs.length === 1 && only && !alsoWrite && onlyImage?.kind === 'bytes') {
+    // One uploaded image (most requests): stored and enqueued as every stage hands an image on,
+    // without the two pipelines below and without copying its bytes (setValue).
+    await storeAndEnqueueOne(
+      input.redis,
+      input.keys.image(only.id),
+      onlyImage.bytes,
+      ttlSeconds,
+      queueFor(only.replyTo, input.preQueue, input.preAsyncQueue) as StageQueue<'pre'>,
+      only,
+    );
+    return;
+  }
   // The first step runs even without images: it holds `alsoWrite`.
   for (let from = 0; from === 0 || from < jobs.length; from += SUBMIT_CHUNK_IMAGES) {
     if (from > 0) {
@@ -207,21 +222,6 @@ export async function storeAndEnqueue(
     }
     const chunk = jobs.slice(from, from + SUBMIT_CHUNK_IMAGES);
     const transaction = from === 0 ? alsoWrite : undefined;
-    const image = parsed.images[from];
-    if (jobs.length === 1 && !transaction && image?.kind === 'bytes') {
-      // One uploaded image (most requests): stored and enqueued as every stage hands an image
-      // on, without the two pipelines below and without copying its bytes (setValue).
-      const job = jobs[0]!;
-      await storeAndEnqueueOne(
-        input.redis,
-        input.keys.image(job.id),
-        image.bytes,
-        ttlSeconds,
-        queueFor(job.replyTo, input.preQueue, input.preAsyncQueue) as StageQueue<'pre'>,
-        job,
-      );
-      return;
-    }
     const store = transaction ? input.redis.multi() : input.redis.pipeline();
     chunk.forEach((job, i) => {
       const img = parsed.images[from + i]!;
